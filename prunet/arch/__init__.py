@@ -1,0 +1,32 @@
+"""Architecture specs: plain data (no torch) that every prunet network is built from."""
+
+from prunet.arch.io import (
+    FORMAT,
+    ArchError,
+    dumps,
+    from_dict,
+    from_nvidia,
+    is_nvidia_config,
+    load,
+    make_divisible,
+    save,
+    to_dict,
+    validate,
+)
+from prunet.arch.spec import (
+    ArchSpec,
+    BlockSpec,
+    ConvSpec,
+    FusedIRBSpec,
+    HeadSpec,
+    IRBSpec,
+    Latency,
+    Provenance,
+    conv_padding,
+)
+
+__all__ = [
+    "FORMAT", "ArchError", "ArchSpec", "BlockSpec", "ConvSpec", "FusedIRBSpec", "HeadSpec", "IRBSpec",
+    "Latency", "Provenance", "conv_padding", "dumps", "from_dict", "from_nvidia", "is_nvidia_config",
+    "load", "make_divisible", "save", "to_dict", "validate",
+]

@@ -1,0 +1,227 @@
+"""The one network class every prunet/GPUNet architecture is built as.
+
+Blocks are grouped into *stages* at every stride-2 block, so stage ``i`` ends at feature level
+``i`` (stride ``stem_stride * 2**i``). That grouping is what timm's ``feature_info``,
+``forward_intermediates`` and detection necks need, and it is derived from the spec rather than
+from NVIDIA's ``stage`` labels, which do not line up with strides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from timm.layers import BatchNormAct2d, SelectAdaptivePool2d
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from prunet.arch import ArchSpec, conv_padding
+from prunet.nn.blocks import ConvBnAct, act_layer, build_block
+
+
+def stage_layout(spec: ArchSpec) -> list[list[int]]:
+    """Block indices per stage: a new stage starts at each stride-2 block."""
+    stages: list[list[int]] = [[]]
+    for i, block in enumerate(spec.blocks):
+        if block.stride > 1:
+            stages.append([])
+        stages[-1].append(i)
+    return stages
+
+
+def block_module_names(spec: ArchSpec) -> list[str]:
+    """Module path of each block in :class:`PruNet` (``stages.<s>.<j>``), by block index."""
+    names: list[str] = [""] * len(spec.blocks)
+    for s, idxs in enumerate(stage_layout(spec)):
+        for j, i in enumerate(idxs):
+            names[i] = f"stages.{s}.{j}"
+    return names
+
+
+def feature_map_size(spec: ArchSpec, size: Tuple[int, int]) -> list[Tuple[int, int]]:
+    """Spatial size after the stem and after each stage, for an input of ``size``."""
+    h, w = size
+    out = []
+
+    def step(h: int, w: int, conv: Any) -> Tuple[int, int]:
+        p = conv_padding(conv.kernel, conv.stride, conv.padding)
+        return (h + 2 * p - conv.kernel) // conv.stride + 1, (w + 2 * p - conv.kernel) // conv.stride + 1
+
+    for c in spec.stem:
+        h, w = step(h, w, c)
+    for idxs in stage_layout(spec):
+        for i in idxs:
+            h, w = step(h, w, spec.blocks[i])
+        out.append((h, w))
+    return out
+
+
+class PruNet(nn.Module):
+    """Stem → stages of blocks → 1×1 conv head → pool → (post-pool conv) → classifier.
+
+    timm's model API is implemented in full so the zoo behaves like any timm model:
+    ``forward_features``/``forward_head``, ``reset_classifier``, ``forward_intermediates``,
+    ``feature_info``, ``group_matcher``, gradient checkpointing.
+    """
+
+    def __init__(
+        self,
+        arch: ArchSpec,
+        num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        global_pool: str = "avg",
+        drop_rate: Optional[float] = None,
+        drop_path_rate: Optional[float] = None,
+        device: Any = None,
+        dtype: Any = None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if in_chans is not None and in_chans != arch.input_size[0]:
+            from dataclasses import replace
+
+            arch = replace(arch, input_size=(in_chans, *arch.input_size[1:]),
+                           stem=(replace(arch.stem[0], in_chs=in_chans), *arch.stem[1:]))
+        if num_classes is not None:
+            arch = arch.with_num_classes(num_classes)
+        self.arch = arch
+        head = arch.head
+        self.num_classes = head.num_classes
+        self.in_chans = arch.input_size[0]
+        self.drop_rate = head.dropout if drop_rate is None else drop_rate
+        self.grad_checkpointing = False
+        dpr = arch.drop_path_rate if drop_path_rate is None else drop_path_rate
+
+        self.stem = nn.Sequential(*[ConvBnAct(c, **dd) for c in arch.stem])
+        n = max(len(arch.blocks), 1)
+        stages = []
+        for idxs in stage_layout(arch):
+            stages.append(nn.Sequential(*[build_block(arch.blocks[i], dpr * i / n, **dd) for i in idxs]))
+        self.stages = nn.Sequential(*stages)
+
+        stem_stride = 1
+        for c in arch.stem:
+            stem_stride *= c.stride
+        self.feature_info: List[Dict[str, Any]] = []
+        chs = arch.stem[-1].out_chs
+        for s, idxs in enumerate(stage_layout(arch)):
+            if idxs:
+                chs = arch.blocks[idxs[-1]].out_chs
+            self.feature_info.append(dict(num_chs=chs, reduction=stem_stride * 2 ** s, module=f"stages.{s}"))
+        self.stage_ends = list(range(len(self.feature_info)))
+
+        self.conv_head = nn.Conv2d(head.in_chs, head.conv_chs, 1, bias=False, **dd)
+        self.norm_head = BatchNormAct2d(head.conv_chs, eps=head.bn_eps, act_layer=act_layer(head.act), **dd)
+        self.num_features = head.conv_chs
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        if head.post_pool_chs:
+            self.conv_post_pool = nn.Conv2d(head.conv_chs, head.post_pool_chs, 1, bias=False, **dd)
+            self.act_post_pool = act_layer(head.act)(inplace=True)
+            self.head_hidden_size = head.post_pool_chs
+        else:
+            self.conv_post_pool = nn.Identity()
+            self.act_post_pool = nn.Identity()
+            self.head_hidden_size = head.conv_chs
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.head_drop = nn.Dropout(self.drop_rate)
+        self.classifier = (nn.Linear(self.head_hidden_size, self.num_classes, **dd)
+                           if self.num_classes > 0 else nn.Identity())
+
+    # ------------------------------------------------------------------ timm API
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)",
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        ref = next(self.parameters())
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        if num_classes > 0:
+            self.classifier = nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
+            self.classifier.train(self.training)
+        else:
+            self.classifier = nn.Identity()
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Outputs of the feature levels in ``indices`` (timm semantics), optionally stopping early."""
+        assert output_fmt == "NCHW", "Output format must be NCHW."
+        if stop_early:
+            assert intermediates_only, "Must use intermediates_only for early stopping."
+        intermediates: List[torch.Tensor] = []
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        x = self.stem(x)
+        if torch.jit.is_scripting() or not stop_early:
+            stages = self.stages
+        else:
+            stages = self.stages[: max_index + 1]
+        for feat_idx, stage in enumerate(stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        x = self.norm_head(self.conv_head(x))
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and head) not needed to produce the requested feature levels."""
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head:
+            self.conv_head = nn.Identity()
+            self.norm_head = nn.Identity()
+            self.conv_post_pool = nn.Identity()
+            self.act_post_pool = nn.Identity()
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x, flatten=True)
+        else:
+            x = self.stages(x)
+        return self.norm_head(self.conv_head(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.act_post_pool(self.conv_post_pool(x))
+        x = self.flatten(x)
+        if pre_logits:
+            return x
+        x = self.head_drop(x)
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

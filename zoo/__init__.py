@@ -1,0 +1,1 @@
+"""Architecture JSONs shipped with prunet (see zoo/index.json)."""
