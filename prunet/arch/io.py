@@ -318,7 +318,19 @@ def to_dict(spec: ArchSpec) -> dict[str, Any]:
 
 
 def dumps(spec: ArchSpec) -> str:
-    return json.dumps(to_dict(spec), indent=1) + "\n"
+    """JSON text with one line per stem conv / block, so files read (and diff) like a table."""
+    d = to_dict(spec)
+    lines = ["{"]
+    items = list(d.items())
+    for n, (key, value) in enumerate(items):
+        comma = "," if n < len(items) - 1 else ""
+        if key in ("stem", "blocks", "latency") and value:
+            rows = ",\n".join(f"  {json.dumps(v)}" for v in value)
+            lines.append(f" {json.dumps(key)}: [\n{rows}\n ]{comma}")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def save(spec: ArchSpec, path: str | os.PathLike) -> Path:

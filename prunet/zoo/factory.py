@@ -1,0 +1,169 @@
+"""timm registration and model creation for the zoo and for any architecture JSON.
+
+Zoo models are ordinary timm models: ``import prunet`` registers them, so
+``timm.create_model('prunet_p0', pretrained=True, features_only=True)`` works as for any timm
+network. Weights come from the HF Hub when a cfg names an ``hf_hub_id``; until NVIDIA's weights
+are mirrored there, from NVIDIA's NGC zip, converted on the fly by :meth:`PruNetZooModel.load_pretrained`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import timm
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from prunet.arch import ArchError, ArchSpec, load
+from prunet.nn import PruNet, feature_map_size
+from prunet.zoo import registry
+from prunet.zoo.nvidia import CheckpointError, is_nvidia_state_dict, load_into, read_checkpoint
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAPER_IDS = ("arXiv:2209.11785", "arXiv:2205.00841")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched; the message says how to load a local file."""
+
+
+class PruNetZooModel(PruNet):
+    """:class:`PruNet` plus the hook timm calls for non-native weight files (NGC zips)."""
+
+    def load_pretrained(self, checkpoint_path: str, prefix: str = "") -> None:
+        load_into(self, read_checkpoint(checkpoint_path), self.arch, source=str(checkpoint_path))
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: PruNet) -> Mapping[str, Any]:
+    """Let timm's loaders accept NVIDIA-keyed weights too (e.g. a Hub repo of raw NGC weights)."""
+    from prunet.zoo.nvidia import convert_nvidia_state_dict, extract_state_dict
+
+    sd = extract_state_dict(state_dict) if not all(hasattr(v, "shape") for v in state_dict.values()) else state_dict
+    if is_nvidia_state_dict(sd):
+        return convert_nvidia_state_dict(sd, model.arch)
+    return sd
+
+
+def pretrained_cfg_for(spec: ArchSpec, entry: registry.ZooEntry | None = None, **overrides: Any) -> dict[str, Any]:
+    """timm pretrained_cfg: preprocessing as NVIDIA evaluates, pool size computed from the spec."""
+    ev = dict(entry.eval_cfg) if entry else {}
+    h, w = spec.input_size[1:]
+    cfg: dict[str, Any] = dict(
+        num_classes=spec.num_classes,
+        input_size=tuple(spec.input_size),
+        pool_size=feature_map_size(spec, (h, w))[-1],
+        crop_pct=ev.get("crop_pct", 1.0),
+        interpolation=ev.get("interpolation", "bicubic"),
+        mean=tuple(ev.get("mean", IMAGENET_MEAN)),
+        std=tuple(ev.get("std", IMAGENET_STD)),
+        first_conv="stem.0.conv",
+        classifier="classifier",
+        paper_ids=PAPER_IDS,
+        license=(entry.license.get("code", "apache-2.0").lower() if entry else "apache-2.0"),
+        origin_url="https://github.com/NVIDIA/DeepLearningExamples/tree/master/PyTorch/Classification/GPUNet",
+    )
+    if entry is not None:
+        if entry.hf_hub_id:
+            cfg["hf_hub_id"] = entry.hf_hub_id
+        elif entry.ngc_checkpoint_url:
+            cfg["url"] = entry.ngc_checkpoint_url
+            cfg["custom_load"] = True
+    cfg.update(overrides)
+    return cfg
+
+
+def _create(variant: str, spec: ArchSpec, pretrained: bool = False, **kwargs: Any) -> PruNet:
+    # Everything the getter needs comes from forward_intermediates; no forward hooks involved.
+    kwargs.setdefault("feature_cfg", dict(feature_cls="getter", flatten_sequential=True))
+    try:
+        return build_model_with_cfg(PruNetZooModel, variant, pretrained, arch=spec,
+                                    pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    except (OSError, ConnectionError) as e:
+        if not pretrained:
+            raise
+        raise WeightsUnavailableError(_offline_message(variant, e)) from e
+    except Exception as e:  # huggingface_hub raises its own error types when offline
+        if pretrained and type(e).__module__.startswith(("huggingface_hub", "requests", "httpx", "urllib")):
+            raise WeightsUnavailableError(_offline_message(variant, e)) from e
+        raise
+
+
+def _offline_message(variant: str, err: BaseException) -> str:
+    return (
+        f"could not download pretrained weights for {variant!r} ({type(err).__name__}: {err}).\n"
+        "To load a checkpoint you already have (NVIDIA NGC zip/.pth.tar, or our model.safetensors):\n"
+        f"  timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/checkpoint'))\n"
+        f"or: model = prunet.create_model({variant!r}); prunet.zoo.load_checkpoint(model, '/path/to/checkpoint')"
+    )
+
+
+# ---------------------------------------------------------------------------- timm registration
+
+default_cfgs = generate_default_cfgs(
+    {name: pretrained_cfg_for(registry.get_arch(name), registry.entry(name)) for name in registry.list_models()}
+)
+
+
+def _register(name: str) -> None:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> PruNet:
+        return _create(name, registry.get_arch(name), pretrained, **kwargs)
+
+    entrypoint.__name__ = name
+    entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f"{registry.entry(name).display_name}, built from zoo/{registry.entry(name).arch_file}."
+    register_model(entrypoint)
+
+
+for _name in registry.list_models():
+    _register(_name)
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def build(spec: ArchSpec, **kwargs: Any) -> PruNet:
+    """Build a model from a spec (any spec: zoo, NVIDIA JSON, search output), without weights."""
+    return _create(spec.name, spec, False, pretrained_cfg=pretrained_cfg_for(spec), **kwargs)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.endswith(".json") or os.sep in name or Path(name).is_file()
+
+
+def create_model(name_or_path: str | os.PathLike | ArchSpec, pretrained: bool = False, **kwargs: Any):
+    """``timm.create_model`` that also accepts an architecture JSON file (ours or NVIDIA's) or spec.
+
+    Zoo names and every timm name go through timm itself, so all of timm's options apply.
+    """
+    if isinstance(name_or_path, ArchSpec):
+        spec = name_or_path
+    else:
+        name = os.fspath(name_or_path)
+        if not _looks_like_path(name):
+            if name in registry.index() or name.startswith("hf-hub:") or timm.is_model(name):
+                return timm.create_model(name, pretrained=pretrained, **kwargs)
+            raise registry.UnknownModelError(
+                f"unknown model {name!r}: not a zoo model ({', '.join(registry.list_models())}), not a timm model, "
+                "and not an architecture JSON file")
+        if not Path(name).is_file():
+            raise ArchError("", "file not found", name)
+        spec = load(name)
+    if pretrained:
+        raise WeightsUnavailableError(
+            f"{spec.name!r} is an architecture file: it carries no weights. Load a checkpoint with "
+            "prunet.zoo.load_checkpoint(model, path) or pretrained_cfg_overlay=dict(file=...)")
+    return build(spec, **kwargs)
+
+
+def load_checkpoint(model: PruNet, path: str | os.PathLike) -> PruNet:
+    """Load ours (safetensors/.pth) or NVIDIA's (NGC zip/.pth.tar) weights; all or nothing."""
+    load_into(model, read_checkpoint(path), model.arch, source=str(path))
+    return model
+
+
+__all__ = [
+    "CheckpointError", "PruNetZooModel", "WeightsUnavailableError", "build", "checkpoint_filter_fn",
+    "create_model", "default_cfgs", "load_checkpoint", "pretrained_cfg_for",
+]
