@@ -1,0 +1,6 @@
+# Faster R-CNN with a PruNet-P1 backbone on COCO; see faster-rcnn_prunet-p0_fpn_1x_coco.py.
+_base_ = './faster-rcnn_prunet-p0_fpn_1x_coco.py'
+
+model = dict(
+    backbone=dict(arch='prunet_p1'),
+    neck=dict(in_channels=[64, 96, 256, 704]))

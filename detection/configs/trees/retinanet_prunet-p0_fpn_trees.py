@@ -1,0 +1,73 @@
+# RetinaNet-PruNet-P0 on the small real tree-crown set (aerial images shipped by deepforest 2.1.0,
+# converted to COCO json by prunet.data.coco_sources). A short CPU schedule from random init:
+# it checks the whole detection stack on real data; it is not a COCO result.
+#
+#   python detection/train.py detection/configs/trees/retinanet_prunet-p0_fpn_trees.py
+#
+# detection/train.py and test.py build the dataset on first use (under ~/.cache/prunet/data or
+# $PRUNET_DATA_DIR) and fill in the paths below from `prunet_dataset`.
+_base_ = '../retinanet_prunet-p0_fpn_1x_coco.py'
+
+prunet_dataset = dict(name='deepforest_trees', tile=400)
+metainfo = dict(classes=('tree', ), palette=[(0, 160, 0)])
+img_scale = (320, 320)
+
+model = dict(
+    backbone=dict(pretrained=None, frozen_stages=-1, norm_eval=False),
+    bbox_head=dict(num_classes=1))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='images/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=0),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=2,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='images/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='CocoMetric', metric='bbox', format_only=False,
+                     ann_file='annotations/instances_val.json')
+test_evaluator = val_evaluator
+
+# Short iteration-based schedule with warmup; gradient clipping keeps from-scratch training stable.
+max_iters = 300
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=1e-4),
+]
+optim_wrapper = dict(
+    optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0001),
+    clip_grad=dict(max_norm=35, norm_type=2))
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=10),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(enable=False, base_batch_size=4)

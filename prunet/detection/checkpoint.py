@@ -1,0 +1,144 @@
+"""Reading backbone checkpoints for detection: local files and ``hf-hub:`` references.
+
+Why not mmengine's ``PretrainedInit``: it loads non-strictly and only logs missing keys, so a
+checkpoint of a different architecture silently leaves a randomly initialised backbone. Here every
+backbone tensor must be found in the checkpoint with the right shape, or building fails with an
+error naming the checkpoint and the first mismatches.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+__all__ = ["HF_HUB_PREFIX", "match_state_dict", "read_checkpoint",
+           "register_hf_hub_scheme", "resolve_hf_hub"]
+
+HF_HUB_PREFIX = "hf-hub:"
+# Files tried, in order, when an ``hf-hub:`` reference names a repository but no file.
+_HF_DEFAULT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_hf_hub(ref: str) -> str:
+    """Download ``hf-hub:org/repo[/path/in/repo][@revision]`` and return the local file path.
+
+    Uses ``huggingface_hub`` (its cache, token, ``HF_ENDPOINT`` and offline mode all apply).
+    Without a file path, ``model.safetensors`` then ``pytorch_model.bin`` are tried.
+    """
+    from huggingface_hub import hf_hub_download  # noqa: PLC0415
+    from huggingface_hub.errors import EntryNotFoundError  # noqa: PLC0415
+
+    if not ref.startswith(HF_HUB_PREFIX):
+        raise ValueError(f"checkpoint: expected 'hf-hub:org/repo[/file][@revision]', got {ref!r}")
+    body = ref[len(HF_HUB_PREFIX):]
+    revision = None
+    if "@" in body:
+        body, revision = body.rsplit("@", 1)
+    parts = body.strip("/").split("/")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"checkpoint: expected 'hf-hub:org/repo[/file][@revision]', got {ref!r}")
+    repo_id = "/".join(parts[:2])
+    if len(parts) > 2:
+        return hf_hub_download(repo_id, "/".join(parts[2:]), revision=revision)
+    last: Exception | None = None
+    for name in _HF_DEFAULT_FILES:
+        try:
+            return hf_hub_download(repo_id, name, revision=revision)
+        except EntryNotFoundError as e:
+            last = e
+    raise FileNotFoundError(f"checkpoint {ref!r}: the repository has none of {_HF_DEFAULT_FILES}; "
+                            f"name the file, e.g. hf-hub:{repo_id}/weights.pth") from last
+
+
+def read_checkpoint(ref: str | os.PathLike, prefix: str = "") -> "OrderedDict[str, torch.Tensor]":
+    """The tensors of a checkpoint: local path or ``hf-hub:`` ref, in any format the zoo reads.
+
+    Files are read by the zoo's reader (safetensors, torch weights-only, NVIDIA NGC zips; the EMA
+    weights when a training checkpoint holds both). ``prefix`` keeps only the keys under it, with
+    the prefix removed (``backbone.`` for a detector checkpoint).
+    """
+    from prunet.zoo import read_checkpoint as zoo_read_checkpoint  # noqa: PLC0415
+
+    ref = str(ref)
+    path = resolve_hf_hub(ref) if ref.startswith(HF_HUB_PREFIX) else os.path.expanduser(ref)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint: {path} does not exist")
+    sd = OrderedDict((k, v) for k, v in zoo_read_checkpoint(path).items() if isinstance(v, torch.Tensor))
+    if not sd:
+        raise ValueError(f"checkpoint {ref!r}: contains no tensors")
+    if prefix:
+        sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
+        if not sd:
+            raise ValueError(f"checkpoint {ref!r}: no tensors under prefix {prefix!r}")
+    return sd
+
+
+def _name_candidates(name: str) -> list[str]:
+    """Names a feature-extractor parameter may have in the plain model's state dict.
+
+    timm's ``FeatureGetterNet`` wraps the model as ``model.*``; ``FeatureListNet`` with
+    ``flatten_sequential`` renames ``stages.0`` to ``stages_0``.
+    """
+    cands = [name]
+    if name.startswith("model."):
+        cands.append(name[len("model."):])
+    for n in list(cands):
+        head, _, rest = n.partition(".")
+        if "_" in head:
+            a, _, b = head.rpartition("_")
+            cands.append(f"{a}.{b}.{rest}" if rest else f"{a}.{b}")
+    return cands
+
+
+def canonical_names(model: torch.nn.Module) -> dict[str, list[str]]:
+    """For each state-dict key of ``model``, its candidate names in the plain model."""
+    return {k: _name_candidates(k) for k in model.state_dict()}
+
+
+def match_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str,
+                     arch: str) -> "OrderedDict[str, torch.Tensor]":
+    """Map checkpoint tensors onto ``model``'s keys; raise if any backbone tensor is missing or misshapen.
+
+    Extra checkpoint tensors (classifier, head conv, later stages pruned away) are ignored.
+    """
+    own = model.state_dict()
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    missing, shape_bad = [], []
+    for key, target in own.items():
+        hit = next((c for c in _name_candidates(key) if c in sd), None)
+        if hit is None:
+            if not key.endswith("num_batches_tracked"):
+                missing.append(key)
+            continue
+        if tuple(sd[hit].shape) != tuple(target.shape):
+            shape_bad.append(f"{hit}: checkpoint {tuple(sd[hit].shape)} vs model {tuple(target.shape)}")
+            continue
+        out[key] = sd[hit]
+    if missing or shape_bad:
+        n_req = sum(1 for k in own if not k.endswith("num_batches_tracked"))
+        lines = [f"{source} does not match backbone arch {arch!r}: "
+                 f"{len(missing)} of {n_req} tensors missing, {len(shape_bad)} with another shape."]
+        if shape_bad:
+            lines.append("shape mismatches: " + "; ".join(shape_bad[:5]))
+        if missing:
+            lines.append("missing: " + ", ".join(missing[:5]))
+            lines.append("checkpoint has e.g.: " + ", ".join(list(sd)[:5]))
+        lines.append("Is it a checkpoint of another model? For a detector checkpoint pass prefix='backbone.'.")
+        raise ValueError("\n".join(lines))
+    return out
+
+
+def register_hf_hub_scheme() -> None:
+    """Teach mmengine's ``CheckpointLoader`` the ``hf-hub:`` scheme (``load_from``, ``init_cfg``)."""
+    from mmengine.runner import CheckpointLoader  # noqa: PLC0415
+
+    if HF_HUB_PREFIX in CheckpointLoader._schemes:
+        return
+
+    @CheckpointLoader.register_scheme(prefixes=HF_HUB_PREFIX)
+    def _load_from_hf_hub(filename, map_location=None, logger=None):  # noqa: ARG001
+        # Tensors are read onto the CPU; load_state_dict copies them to the model's device.
+        return read_checkpoint(filename)
