@@ -6,7 +6,6 @@ EfficientNet blocks (``conv_pw``/``bn1``/``conv_dw``/...), so timm users find wh
 NVIDIA's non-distilled checkpoints map onto them one to one.
 """
 
-from __future__ import annotations
 
 from typing import Any
 
@@ -19,7 +18,7 @@ from prunet.arch import ConvSpec, FusedIRBSpec, IRBSpec, conv_padding
 ACT_LAYERS = {"relu": "relu", "silu": "silu"}
 
 
-def act_layer(name: str) -> type[nn.Module]:
+def act_layer(name: str) -> "type[nn.Module]":
     return get_act_layer(ACT_LAYERS[name])
 
 
@@ -113,7 +112,7 @@ class FusedInvertedResidual(nn.Module):
         return x
 
 
-def build_block(spec: ConvSpec | IRBSpec | FusedIRBSpec, drop_path_rate: float = 0.0, **dd: Any) -> nn.Module:
+def build_block(spec: "ConvSpec | IRBSpec | FusedIRBSpec", drop_path_rate: float = 0.0, **dd: Any) -> nn.Module:
     """The one place a block spec becomes a module."""
     if isinstance(spec, ConvSpec):
         return ConvBnAct(spec, **dd)

@@ -6,7 +6,6 @@ Blocks are grouped into *stages* at every stride-2 block, so stage ``i`` ends at
 from NVIDIA's ``stage`` labels, which do not line up with strides.
 """
 
-from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple, Union
 

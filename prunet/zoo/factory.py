@@ -120,6 +120,18 @@ for _name in registry.list_models():
     _register(_name)
 
 
+@register_model
+def prunet_arch(pretrained: bool = False, arch: Any = None, **kwargs: Any) -> PruNet:
+    """Any architecture given inline (``arch=`` spec, JSON object or path): how Hub repos of
+    searched networks load through ``timm.create_model('hf-hub:...')``."""
+    if arch is None:
+        raise TypeError("prunet_arch needs arch=<ArchSpec | prunet.arch JSON object | path>")
+    spec = arch if isinstance(arch, ArchSpec) else load(arch)
+    if kwargs.get("pretrained_cfg") is None:
+        kwargs["pretrained_cfg"] = pretrained_cfg_for(spec)
+    return _create("prunet_arch", spec, pretrained, **kwargs)
+
+
 # ---------------------------------------------------------------------------- public API
 
 

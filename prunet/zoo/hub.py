@@ -1,0 +1,120 @@
+"""Writing timm-compatible Hugging Face Hub repos (and NGC → Hub conversion).
+
+A repo written here loads with plain timm: ``timm.create_model('hf-hub:owner/repo')`` reads
+``config.json`` (architecture + pretrained_cfg) and ``model.safetensors``. Architectures outside
+the zoo (e.g. search output) travel inside ``config.json`` as ``model_args.arch`` and are built by
+the generic ``prunet_arch`` entrypoint, so they load the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from prunet.arch import ArchSpec, to_dict
+from prunet.zoo import registry
+from prunet.zoo.factory import build, load_checkpoint, pretrained_cfg_for
+
+
+def hub_config(spec: ArchSpec, zoo_name: str | None) -> dict[str, Any]:
+    """timm's ``config.json``: architecture name, classifier shape and the pretrained_cfg."""
+    entry = registry.entry(zoo_name) if zoo_name else None
+    cfg = pretrained_cfg_for(spec, entry)
+    for key in ("url", "custom_load", "hf_hub_id"):
+        cfg.pop(key, None)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+    out: dict[str, Any] = {
+        "architecture": zoo_name or "prunet_arch",
+        "num_classes": spec.num_classes,
+        "num_features": spec.head.conv_chs,
+        "global_pool": "avg",
+        "pretrained_cfg": cfg,
+    }
+    if not zoo_name:
+        out["model_args"] = {"arch": to_dict(spec)}
+    return out
+
+
+def model_card(spec: ArchSpec, zoo_name: str | None, source: str) -> str:
+    entry = registry.entry(zoo_name) if zoo_name else None
+    title = entry.display_name if entry else spec.name
+    pub = entry.published if entry else {}
+    lines = [
+        "---",
+        "library_name: timm",
+        "license: apache-2.0",
+        "tags: [image-classification, timm, prunet, gpunet]",
+        "---",
+        f"# {title}",
+        "",
+        f"Converted with `prunet zoo convert-ngc` from `{Path(source).name}`.",
+        "",
+        "```python",
+        "import prunet, timm",
+        "model = timm.create_model('hf-hub:<this repo>', pretrained=True)",
+        "```",
+        "",
+        f"- architecture: {len(spec.blocks)} blocks, input {spec.input_size[1]}x{spec.input_size[2]}",
+    ]
+    if pub:
+        lines.append(f"- NVIDIA's published figures: top-1 {pub.get('top1')} %, latency {pub.get('latency_ms')} ms "
+                     f"({pub.get('latency_protocol')}); source: {pub.get('source')}")
+    if entry and entry.license.get("weights"):
+        lines.append(f"- weights licence: {entry.license['weights']}")
+    return "\n".join(lines) + "\n"
+
+
+def save_hub_repo(model: Any, out_dir: str | os.PathLike, zoo_name: str | None, source: str = "") -> Path:
+    """Write model.safetensors + config.json + README.md into ``out_dir`` atomically (whole folder)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hub_config(model.arch, zoo_name), indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(model.arch, zoo_name, source or "checkpoint"))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def convert_ngc(checkpoint: str | os.PathLike, arch: str, out_dir: str | os.PathLike,
+                push_to_hub: str | None = None, private: bool = True) -> Path:
+    """NVIDIA NGC checkpoint → timm Hub repo folder (optionally uploaded)."""
+    from prunet.arch import load
+
+    if arch in registry.index():
+        spec, zoo_name = registry.get_arch(arch), arch
+    else:
+        spec, zoo_name = load(arch), None
+    model = build(spec)
+    load_checkpoint(model, checkpoint)
+    out = save_hub_repo(model, out_dir, zoo_name, source=str(checkpoint))
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(push_to_hub, private=private, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=str(out), commit_message="Upload prunet conversion")
+    return out
+
+
+def guess_zoo_name(checkpoint: str | os.PathLike) -> str | None:
+    """NGC zips hold ``<nvidia config>.pth.tar``; map that file name back to a zoo model."""
+    name = Path(checkpoint).name
+    for zoo_name, e in registry.index().items():
+        stem = (e.nvidia_config or "").removesuffix(".json")
+        if stem and (name.startswith(stem + ".pth") or name == (e.ngc_checkpoint_member or "")):
+            return zoo_name
+    return None
