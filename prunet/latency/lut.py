@@ -1,0 +1,425 @@
+"""Latency lookup tables: per-block latencies of a search space, and a calibrated predictor.
+
+Why a table and a calibration: the search needs the latency of every (candidate, hidden width,
+position) it can reach, thousands of times per second, and differentiably — so each is measured
+once, in isolation, and summed. A plain sum of isolated blocks misses whole networks by 10–40 %
+on these CPUs (per-``run()`` overhead, cache effects; /work/shared/notes/latency-measurement.md),
+so the predictor is ``a·Σ + c`` with ``a, c`` fitted by least squares on a few whole networks
+sampled from the space and measured whole, exactly as the search's results will be measured.
+
+A table records its provenance (space name and content hash, backend, statistic, threads,
+versions, exporter, date) and refuses to serve another space or backend. Timings drift on shared
+machines, so a fixed reference network is measured when the table is built; :func:`drift`
+re-measures it and reports the ratio (``validate-lut`` prints it next to the accuracy figures).
+
+Entries are keyed by the block's shape, not by its place in the space, so identical layers share
+one measurement and any architecture JSON made of the space's blocks can be predicted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from prunet.arch import ArchSpec, ConvSpec, FusedIRBSpec, HeadSpec, IRBSpec, conv_padding
+from prunet.arch.io import atomic_write_text
+
+FORMAT = "prunet.lut/1"
+DEFAULT_ITERS = 300
+DEFAULT_WARMUP = 30
+STATISTIC = "min"
+
+
+class LutError(ValueError):
+    """A latency table is missing, malformed or does not fit the space/backend/arch asked about."""
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def _hw(hw: tuple[int, int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def block_key(spec: ConvSpec | IRBSpec | FusedIRBSpec, in_hw: tuple[int, int]) -> str:
+    """Table key of one block at one input resolution (BN eps does not change latency)."""
+    if isinstance(spec, ConvSpec):
+        return f"conv:{spec.in_chs}>{spec.out_chs}:k{spec.kernel}s{spec.stride}:{spec.act}:{spec.padding}@{_hw(in_hw)}"
+    kind = "irb" if isinstance(spec, IRBSpec) else "fused_irb"
+    return (f"{kind}:{spec.in_chs}>{spec.out_chs}:h{spec.hidden_chs}:k{spec.kernel}s{spec.stride}:"
+            f"se{spec.se_chs}:{spec.act}:{spec.padding}@{_hw(in_hw)}")
+
+
+def head_key(head: HeadSpec, in_hw: tuple[int, int]) -> str:
+    post = head.post_pool_chs or 0
+    return f"head:{head.in_chs}>{head.conv_chs}:p{post}:n{head.num_classes}:{head.act}@{_hw(in_hw)}"
+
+
+def _out_hw(hw: tuple[int, int], kernel: int, stride: int, padding: str) -> tuple[int, int]:
+    p = conv_padding(kernel, stride, padding)
+    return ((hw[0] + 2 * p - kernel) // stride + 1, (hw[1] + 2 * p - kernel) // stride + 1)
+
+
+def arch_parts(arch: ArchSpec) -> list[tuple[str, str, Any, tuple[int, int]]]:
+    """``(json_path, key, spec, input_hw)`` for every timed part of a network, in order."""
+    hw = tuple(arch.input_size[1:])
+    out = []
+    for i, c in enumerate(arch.stem):
+        out.append((f"stem[{i}]", block_key(c, hw), c, hw))
+        hw = _out_hw(hw, c.kernel, c.stride, c.padding)
+    for i, b in enumerate(arch.blocks):
+        out.append((f"blocks[{i}]", block_key(b, hw), b, hw))
+        hw = _out_hw(hw, b.kernel, b.stride, b.padding)
+    out.append(("head", head_key(arch.head, hw), arch.head, hw))
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class LatencyTable:
+    """Block latencies (ms) with provenance and the ``a·Σ + c`` calibration."""
+
+    space_name: str
+    space_hash: str
+    backend: str
+    statistic: str
+    threads: int | None
+    entries: dict[str, float]
+    a: float = 1.0
+    c: float = 0.0
+    calibration: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def id(self) -> str:
+        """Content id: changes whenever an entry or the calibration does."""
+        text = json.dumps([self.space_hash, self.backend, self.statistic, self.threads, sorted(self.entries.items()),
+                           self.a, self.c], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def lookup(self, key: str, where: str = "") -> float:
+        try:
+            return self.entries[key]
+        except KeyError:
+            raise LutError(f"{where or key}: no entry {key!r} in the latency table "
+                           f"(built for space {self.space_name!r}); rebuild it for this space") from None
+
+    def raw_sum(self, arch: ArchSpec) -> float:
+        return sum(self.lookup(key, path) for path, key, _, _ in arch_parts(arch))
+
+    def predict(self, arch: ArchSpec) -> float:
+        """Predicted whole-network latency in ms: ``a·Σ(parts) + c``."""
+        return self.a * self.raw_sum(arch) + self.c
+
+    def check_for(self, space_hash: str | None = None, backend: str | None = None, threads: int | None = None) -> None:
+        """Refuse a table from another space, backend or thread count (nothing is overwritten)."""
+        where = self.path or "latency table"
+        if space_hash is not None and space_hash != self.space_hash:
+            raise LutError(f"{where}: built for space {self.space_name!r} (hash {self.space_hash}), "
+                           f"not this space (hash {space_hash})")
+        if backend is not None and backend != self.backend:
+            raise LutError(f"{where}: measured on backend {self.backend!r}, not {backend!r}")
+        if threads is not None and self.threads is not None and threads != self.threads:
+            raise LutError(f"{where}: measured with {self.threads} thread(s), not {threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "id": self.id,
+            "space": {"name": self.space_name, "hash": self.space_hash},
+            "backend": self.backend, "statistic": self.statistic, "threads": self.threads,
+            "calibration": {"a": self.a, "c": self.c, **self.calibration},
+            "reference": self.reference, "provenance": self.provenance,
+            "entries": dict(sorted(self.entries.items())),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        self.path = str(path)
+        return path
+
+
+def load_table(path: str | os.PathLike) -> LatencyTable:
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LutError(f"{p}: latency table not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LutError(f"{p}: not a readable JSON latency table ({e})") from None
+
+    def need(obj: Any, key: str, kind: type | tuple, where: str) -> Any:
+        if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], kind):
+            raise LutError(f"{p}: {where}{key}: expected {getattr(kind, '__name__', kind)}")
+        return obj[key]
+
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise LutError(f"{p}: format: expected {FORMAT!r}")
+    space = need(obj, "space", dict, "")
+    entries = need(obj, "entries", dict, "")
+    for k, v in entries.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise LutError(f"{p}: entries.{k}: expected a non-negative number of ms, got {v!r}")
+    cal = need(obj, "calibration", dict, "")
+    threads = obj.get("threads")
+    return LatencyTable(
+        space_name=need(space, "name", str, "space."), space_hash=need(space, "hash", str, "space."),
+        backend=need(obj, "backend", str, ""), statistic=need(obj, "statistic", str, ""),
+        threads=threads if isinstance(threads, int) else None, entries={k: float(v) for k, v in entries.items()},
+        a=float(need(cal, "a", (int, float), "calibration.")), c=float(need(cal, "c", (int, float), "calibration.")),
+        calibration={k: v for k, v in cal.items() if k not in ("a", "c")},
+        reference=obj.get("reference") or {}, provenance=obj.get("provenance") or {}, path=str(p),
+    )
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class _Head:
+    """The classifier head as a standalone module for timing (same layers as PruNet's head)."""
+
+    @staticmethod
+    def build(head: HeadSpec) -> Any:
+        import torch.nn as nn
+
+        from prunet.nn import ConvBnAct, act_layer
+
+        layers: list[nn.Module] = [ConvBnAct(ConvSpec(head.in_chs, head.conv_chs, 1, 1, head.act, head.bn_eps)),
+                                   nn.AdaptiveAvgPool2d(1)]
+        if head.post_pool_chs:
+            layers += [nn.Conv2d(head.conv_chs, head.post_pool_chs, 1, bias=False), act_layer(head.act)(inplace=True)]
+        layers += [nn.Flatten(1), nn.Linear(head.post_pool_chs or head.conv_chs, head.num_classes)]
+        return nn.Sequential(*layers)
+
+
+@dataclass
+class Measurer:
+    """Times one module, exported the same way for blocks and whole networks (TorchScript ONNX
+    exporter: the dynamo exporter takes ~2× longer per block and the table holds thousands)."""
+
+    backend: str = "onnxruntime"
+    threads: int | None = 1
+    iters: int = DEFAULT_ITERS
+    warmup: int = DEFAULT_WARMUP
+    statistic: str = STATISTIC
+    exporter: str = "torchscript"
+
+    def __call__(self, module: Any, input_shape: tuple[int, ...]) -> float:
+        from prunet.latency import measure
+
+        module = module.eval()
+        if self.backend == "torch":
+            return measure(module, input_shape, backend="torch", warmup=self.warmup, iters=self.iters,
+                           threads=self.threads, headline=self.statistic).value
+        from prunet.export.onnx import to_onnx
+
+        tmp = tempfile.mkdtemp(prefix="prunet-lut-")
+        try:
+            path = Path(tmp) / "m.onnx"
+            to_onnx(module, path, batch=input_shape[0], input_size=tuple(input_shape[1:]), images=False,
+                    check_tensorrt=False, exporter=self.exporter)
+            return measure(str(path), input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
+                           threads=self.threads, headline=self.statistic).value
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def part(self, spec: Any, in_chs: int, hw: tuple[int, int]) -> float:
+        from prunet.nn import build_block
+
+        mod = _Head.build(spec) if isinstance(spec, HeadSpec) else build_block(spec)
+        return self(mod, (1, in_chs, *hw))
+
+    def whole(self, arch: ArchSpec) -> float:
+        from prunet.nn import PruNet
+
+        return self(PruNet(arch), (1, *arch.input_size))
+
+    def provenance(self) -> dict[str, Any]:
+        from prunet.latency.provenance import device_description, now, versions
+
+        return {"iters": self.iters, "warmup": self.warmup, "exporter": self.exporter, "batch": 1,
+                "device": device_description("cpu"), "versions": versions(), "date": now()}
+
+
+def space_parts(space: Any) -> dict[str, tuple[Any, int, tuple[int, int]]]:
+    """Every key a search over ``space`` can ask for → (spec, in_chs, in_hw).
+
+    ``space`` is a :class:`prunet.search.space.SearchSpace` (duck-typed: latency never imports
+    search)."""
+    parts: dict[str, tuple[Any, int, tuple[int, int]]] = {}
+    hw = tuple(space.input_size[1:])
+    for c in space.stem:
+        parts.setdefault(block_key(c, hw), (c, c.in_chs, hw))
+        hw = _out_hw(hw, c.kernel, c.stride, c.padding)
+    for slot in space.layers():
+        for cand in slot.candidates:
+            for h in slot.hidden_widths(cand, space.width_step):
+                spec = slot.block_spec(cand, h)
+                parts.setdefault(block_key(spec, slot.in_hw), (spec, slot.in_chs, slot.in_hw))
+    head = space.head
+    fh = space.final_hw()
+    parts.setdefault(head_key(head, fh), (head, head.in_chs, fh))
+    return parts
+
+
+def sample_arch(space: Any, rng: random.Random, name: str = "sample", skip_prob: float = 0.25) -> ArchSpec:
+    """A random architecture of the space: candidate, width and skip drawn uniformly per layer."""
+    choices = []
+    for slot in space.layers():
+        if slot.skippable and rng.random() < skip_prob:
+            choices.append(None)
+            continue
+        cand = rng.choice(slot.candidates)
+        choices.append((cand, rng.choice(slot.hidden_widths(cand, space.width_step))))
+    return space.arch_from_choices(choices, name)
+
+
+def reference_arch(space: Any) -> ArchSpec:
+    """The fixed drift reference: the first candidate of every layer at its middle width."""
+    choices = []
+    for slot in space.layers():
+        cand = slot.candidates[0]
+        w = slot.hidden_widths(cand, space.width_step)
+        choices.append((cand, w[len(w) // 2]))
+    return space.arch_from_choices(choices, f"{space.name}-reference")
+
+
+def fit_calibration(sums: list[float], measured: list[float]) -> tuple[float, float]:
+    """Least-squares ``measured ≈ a·sum + c`` (falls back to a pure scale for < 2 distinct sums)."""
+    import numpy as np
+
+    x, y = np.asarray(sums, float), np.asarray(measured, float)
+    if len(x) >= 2 and np.ptp(x) > 1e-9:
+        a, c = np.polyfit(x, y, 1)
+        if a > 0:
+            return float(a), float(c)
+    return float(y.sum() / max(x.sum(), 1e-12)), 0.0
+
+
+def build_table(space: Any, measurer: Measurer, calib_nets: int = 8, seed: int = 0,
+                progress: bool = True, keys: Iterable[str] | None = None) -> LatencyTable:
+    """Measure every reachable block of ``space``, then calibrate on ``calib_nets`` whole nets."""
+    from tqdm.auto import tqdm
+
+    parts = space_parts(space)
+    todo = list(parts) if keys is None else list(keys)
+    entries: dict[str, float] = {}
+    t0 = time.time()
+    for key in tqdm(todo, desc=f"LUT {space.name} [{measurer.backend}]", disable=not progress, unit="block"):
+        spec, in_chs, hw = parts[key]
+        entries[key] = measurer.part(spec, in_chs, hw)
+    table = LatencyTable(space_name=space.name, space_hash=space.hash, backend=measurer.backend,
+                         statistic=measurer.statistic, threads=measurer.threads, entries=entries)
+    rng = random.Random(seed)
+    nets = [sample_arch(space, rng, f"calib{i}") for i in range(calib_nets)]
+    sums, meas = [], []
+    for arch in tqdm(nets, desc="calibration nets", disable=not progress, unit="net"):
+        sums.append(table.raw_sum(arch))
+        meas.append(measurer.whole(arch))
+    table.a, table.c = fit_calibration(sums, meas)
+    pred = [table.a * s + table.c for s in sums]
+    table.calibration = {"nets": calib_nets, "seed": seed,
+                         "fit_mape": float(sum(abs(p - m) / m for p, m in zip(pred, meas)) / max(len(meas), 1)),
+                         "raw_sum_mape": float(sum(abs(s - m) / m for s, m in zip(sums, meas)) / max(len(meas), 1))}
+    ref = reference_arch(space)
+    table.reference = {"name": ref.name, "ms": measurer.whole(ref)}
+    table.provenance = {**measurer.provenance(), "build_seconds": round(time.time() - t0, 1),
+                        "space_source": getattr(space, "source", "")}
+    return table
+
+
+def drift(table: LatencyTable, space: Any, measurer: Measurer) -> dict[str, float]:
+    """Re-measure the reference network: ``ratio`` = now / when the table was built."""
+    if not table.reference.get("ms"):
+        raise LutError(f"{table.path or 'latency table'}: has no reference measurement")
+    now_ms = measurer.whole(reference_arch(space))
+    return {"reference_ms_then": float(table.reference["ms"]), "reference_ms_now": now_ms,
+            "ratio": now_ms / float(table.reference["ms"])}
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def validate_table(table: LatencyTable, space: Any, measurer: Measurer, samples: int = 20, seed: int = 1,
+                   progress: bool = True, plot: str | os.PathLike | None = None,
+                   correct_drift: bool = False) -> dict[str, Any]:
+    """Sample random nets, predict and measure them whole; report accuracy of the prediction."""
+    from tqdm.auto import tqdm
+
+    table.check_for(space.hash, measurer.backend, measurer.threads)
+    rng = random.Random(seed)
+    nets = [sample_arch(space, rng, f"val{i}") for i in range(samples)]
+    d = drift(table, space, measurer)
+    scale = d["ratio"] if correct_drift else 1.0
+    preds, meas = [], []
+    for arch in tqdm(nets, desc="validate-lut", disable=not progress, unit="net"):
+        preds.append(table.predict(arch) * scale)
+        meas.append(measurer.whole(arch))
+    errs = [abs(p - m) / m for p, m in zip(preds, meas)]
+    out = {
+        "samples": samples, "within_10pct": sum(e <= 0.10 for e in errs) / samples,
+        "mape": sum(errs) / samples, "spearman": spearman(preds, meas) if samples >= 3 else float("nan"),
+        "max_error": max(errs), "drift": d, "drift_corrected": correct_drift,
+        "backend": table.backend, "threads": table.threads, "statistic": table.statistic, "lut_id": table.id,
+        "predicted_ms": preds, "measured_ms": meas,
+    }
+    if plot:
+        plot_validation(preds, meas, plot, title=f"{space.name} [{table.backend}, {table.threads} thr]")
+        out["plot"] = str(plot)
+    return out
+
+
+def plot_validation(preds: list[float], meas: list[float], path: str | os.PathLike, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    lo, hi = min(preds + meas) * 0.9, max(preds + meas) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="±10 %")
+    ax.scatter(meas, preds, s=14)
+    ax.set_xlabel("measured whole net (ms)")
+    ax.set_ylabel("predicted a·Σ + c (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def min_reachable_ms(table: LatencyTable, space: Any) -> float:
+    """Predicted latency of the cheapest net the space allows (skippable layers skipped)."""
+    choices = []
+    for slot in space.layers():
+        if slot.skippable:
+            choices.append(None)
+            continue
+        best = min(((c, slot.hidden_widths(c, space.width_step)[0]) for c in slot.candidates),
+                   key=lambda ch: table.lookup(block_key(slot.block_spec(*ch), slot.in_hw)))
+        choices.append(best)
+    return table.predict(space.arch_from_choices(choices, "min"))
+
+
+Predictor = Callable[[ArchSpec], float]
