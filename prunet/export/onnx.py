@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import BackendUnavailableError, InputShapeError, InvalidOnnxError, ParityError, \
     PrunetExportError
-from .parity import ParityFigures, check
+from .parity import WEAK_SENSITIVITY, ParityFigures, check
 from .resolve import ModelSpec, check_input_size, model_name, native_input_size, probe_forward, \
     resolve_module
 
@@ -283,6 +283,13 @@ def to_onnx(model: ModelSpec, path: str | os.PathLike, *, batch: int | None = 1,
             from .trt_support import check_tensorrt_support
 
             report.tensorrt = check_tensorrt_support(onnx_model).to_dict()
+        weak = [p for p in report.parity
+                if p.input_sensitivity is not None and p.input_sensitivity < WEAK_SENSITIVITY]
+        if weak:
+            report.notes.append(
+                f"the torch output barely depends on the input (relative spread "
+                f"{weak[0].input_sensitivity:.1e}; untrained weights?): parity figures test "
+                "little of the graph; use trained weights or calibrate_batchnorm() to check it")
         worst = report.max_rel
         if worst > rtol or worst != worst:
             raise ParityError(

@@ -77,6 +77,8 @@ def resolve(spec: ModelSpec, **create_kwargs) -> nn.Module | OnnxFile:
     """
     if isinstance(spec, nn.Module):
         return spec.eval()
+    if isinstance(spec, OnnxFile):
+        return spec
     if not isinstance(spec, (str, os.PathLike)):
         raise UnknownModelError(
             f"model: expected an nn.Module, a model name, an architecture .json or an .onnx path, "
