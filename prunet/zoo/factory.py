@@ -94,7 +94,7 @@ def _offline_message(variant: str, err: BaseException) -> str:
     return (
         f"could not download pretrained weights for {variant!r} ({type(err).__name__}: {err}).\n"
         "To load a checkpoint you already have (NVIDIA NGC zip/.pth.tar, or our model.safetensors):\n"
-        f"  timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/checkpoint'))\n"
+        f"  timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/checkpoint', custom_load=True))\n"
         f"or: model = prunet.create_model({variant!r}); prunet.zoo.load_checkpoint(model, '/path/to/checkpoint')"
     )
 

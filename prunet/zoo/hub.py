@@ -112,9 +112,14 @@ def convert_ngc(checkpoint: str | os.PathLike, arch: str, out_dir: str | os.Path
 
 def guess_zoo_name(checkpoint: str | os.PathLike) -> str | None:
     """NGC zips hold ``<nvidia config>.pth.tar``; map that file name back to a zoo model."""
-    name = Path(checkpoint).name
+    import zipfile
+
+    names = [Path(checkpoint).name]
+    if zipfile.is_zipfile(checkpoint):
+        with zipfile.ZipFile(checkpoint) as zf:
+            names += [Path(n).name for n in zf.namelist()]
     for zoo_name, e in registry.index().items():
         stem = (e.nvidia_config or "").removesuffix(".json")
-        if stem and (name.startswith(stem + ".pth") or name == (e.ngc_checkpoint_member or "")):
+        if stem and any(n.startswith(stem + ".pth") or n == e.ngc_checkpoint_member for n in names):
             return zoo_name
     return None
