@@ -1,0 +1,342 @@
+"""Detection: the small real COCO set, PruNetBackbone, the three detector families, train + eval.
+
+Tests marked ``detection`` need mmdet/mmcv (``make setup-detection``) and skip with that reason
+when they are missing. The dataset tests need pycocotools and the deepforest wheel (pip download,
+cached under ~/.cache/prunet/data).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "detection" / "configs"
+HAVE_MMDET = all(importlib.util.find_spec(m) is not None for m in ("mmdet", "mmengine", "mmcv"))
+needs_mmdet = pytest.mark.skipif(
+    not HAVE_MMDET, reason="mmdet/mmengine/mmcv not installed; run `make setup-detection` "
+                           "(bash detection/install_mmcv.sh <venv python>)")
+needs_pycocotools = pytest.mark.skipif(importlib.util.find_spec("pycocotools") is None,
+                                       reason="pycocotools not installed (make setup-detection)")
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+@pytest.fixture(scope="session")
+def trees():
+    """The tree-crown set, built once into the shared data cache (pip downloads the wheel once)."""
+    from prunet.data.coco_sources import build_deepforest_trees
+
+    try:
+        return build_deepforest_trees(quiet=True)
+    except RuntimeError as e:  # pip could not reach the package index
+        pytest.skip(f"deepforest wheel unavailable: {e}")
+
+
+def test_tile_edges_cover_the_image_without_overlap():
+    from prunet.data.coco_sources import _tile_edges
+
+    assert _tile_edges(400, 400) == [(0, 400)]
+    assert _tile_edges(1035, 400) == [(0, 400), (400, 800), (800, 1035)]  # 235 px remainder kept
+    assert _tile_edges(2472, 400)[-1] == (2000, 2472)  # 72 px remainder merged into the last tile
+
+
+def test_wheel_with_wrong_hash_is_rejected(tmp_path):
+    from prunet.data.coco_sources import DEEPFOREST_WHEEL, fetch_wheel
+
+    fake = tmp_path / DEEPFOREST_WHEEL.filename
+    fake.write_bytes(b"not the release")
+    with pytest.raises(ValueError, match="sha256"):
+        fetch_wheel(DEEPFOREST_WHEEL, tmp_path / "cache", wheel_path=fake)
+    with pytest.raises(FileNotFoundError, match="wheel_path"):
+        fetch_wheel(DEEPFOREST_WHEEL, tmp_path / "cache", wheel_path=tmp_path / "missing.whl")
+
+
+def test_tile_size_is_checked(tmp_path):
+    from prunet.data.coco_sources import build_deepforest_trees
+
+    with pytest.raises(ValueError, match="tile"):
+        build_deepforest_trees(tmp_path, tile=8)
+
+
+@needs_pycocotools
+def test_trees_set_is_valid_coco_with_all_source_boxes(trees):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    manifest = json.loads((trees.root / "MANIFEST.json").read_text())
+    counts = manifest["splits"]
+    # The wheel's four VOC files hold 951 boxes; tiling keeps each box's larger part exactly once
+    # (a box cut by a tile border leaves its other part as an ignored iscrowd=1 box).
+    assert sum(manifest["source_labels"].values()) == counts["train"]["boxes"] + counts["val"]["boxes"] + \
+        counts["train"]["ignored_boxes"] + counts["val"]["ignored_boxes"]
+    assert 900 <= counts["train"]["boxes"] + counts["val"]["boxes"] <= 951
+    assert counts["val"]["images"] >= 5 and counts["train"]["images"] > counts["val"]["images"]
+
+    train_files = set()
+    for split, path in (("train", trees.train_json), ("val", trees.val_json)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(str(path))
+        imgs = gt.dataset["images"]
+        files = {im["file_name"] for im in imgs}
+        if split == "train":
+            train_files = files
+        else:
+            assert not files & train_files, "a tile is in both splits"
+        for im in imgs:
+            assert (trees.img_dir / im["file_name"]).is_file()
+            for a in gt.loadAnns(gt.getAnnIds(imgIds=im["id"])):
+                x, y, w, h = a["bbox"]
+                assert w >= 1 and h >= 1 and x >= 0 and y >= 0
+                assert x + w <= im["width"] and y + h <= im["height"]
+        # Ground truth scored as detections must give AP 1.0: the json is what COCOeval expects.
+        dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0)
+                for a in gt.dataset["annotations"] if not a["iscrowd"]]
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert ev.stats[0] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- backbone
+
+def _backbone(**kw):
+    from prunet.detection import PruNetBackbone
+
+    return PruNetBackbone(**kw)
+
+
+@pytest.mark.detection
+@needs_mmdet
+def test_backbone_registered_and_outputs_match_feature_info():
+    import prunet.detection  # noqa: F401
+    from mmdet.registry import MODELS
+
+    bb = MODELS.build(dict(type="PruNetBackbone", arch="prunet_p0", out_indices=(1, 2, 3, 4)))
+    bb.eval()
+    with torch.no_grad():
+        outs = bb(torch.randn(1, 3, 128, 96))
+    assert isinstance(outs, tuple) and len(outs) == 4
+    assert bb.strides == [4, 8, 16, 32]
+    for o, c, s in zip(outs, bb.out_channels, bb.strides):
+        assert o.shape == (1, c, 128 // s, 96 // s)
+
+
+@pytest.mark.detection
+@needs_mmdet
+def test_arch_json_path_and_default_out_indices():
+    bb = _backbone(arch=str(REPO / "zoo" / "gpunet_0.json"))
+    assert bb.out_indices == (2, 3, 4) and bb.strides == [8, 16, 32]
+    from prunet.detection import backbone_channels
+
+    assert bb.out_channels == backbone_channels("gpunet_0", (2, 3, 4))
+
+
+@pytest.mark.detection
+@needs_mmdet
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(out_indices=(1, 9)), ValueError, r"out_indices.*level 9.*feature levels"),
+    (dict(out_indices=(3, 1)), ValueError, r"out_indices.*increasing"),
+    (dict(out_indices=2), TypeError, r"out_indices"),
+    (dict(out_indices=()), TypeError, r"out_indices"),
+    (dict(arch="prunet_p9"), ValueError, r"arch.*prunet_p9.*prunet_p0"),
+    (dict(arch="no/such/arch.json"), FileNotFoundError, r"arch.*no/such/arch.json"),
+    (dict(frozen_stages=7), ValueError, r"frozen_stages"),
+    (dict(pretrained=3), TypeError, r"pretrained"),
+    (dict(pretrained="x.pth", init_cfg=dict(type="Pretrained", checkpoint="x.pth")), ValueError,
+     r"pretrained and init_cfg"),
+])
+def test_bad_arguments_fail_at_build_with_the_field_named(kw, err, match):
+    with pytest.raises(err, match=match):
+        _backbone(**kw)
+
+
+@pytest.mark.detection
+@needs_mmdet
+def test_frozen_stages_and_norm_eval():
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    bb = _backbone(out_indices=(1, 2, 3, 4), frozen_stages=1)
+    params = dict(bb.model.named_parameters())
+    for name, p in params.items():
+        frozen = name.startswith(("model.stem.", "model.stages.0.", "model.stages.1."))
+        assert p.requires_grad is not frozen, name
+    bb.train()
+    for name, m in bb.model.named_modules():
+        if isinstance(m, _BatchNorm):
+            assert m.training is not name.startswith(("model.stem.", "model.stages.0.", "model.stages.1.")), name
+    running = bb.model.model.stem[0].bn1.running_mean.clone()
+    bb(torch.randn(2, 3, 64, 64))
+    assert torch.equal(running, bb.model.model.stem[0].bn1.running_mean)  # frozen stats unchanged
+
+    bb = _backbone(out_indices=(1, 2), norm_eval=True).train()
+    assert all(not m.training for m in bb.modules() if isinstance(m, _BatchNorm))
+    assert all(p.requires_grad for p in bb.parameters())
+
+
+@pytest.mark.detection
+@needs_mmdet
+def test_checkpoint_loading_strict_and_prefixed(tmp_path):
+    import prunet
+
+    full = prunet.create_model("prunet_p0")
+    ckpt = tmp_path / "p0.pth"
+    torch.save({"state_dict": full.state_dict()}, ckpt)
+    bb = _backbone(out_indices=(1, 2, 3), pretrained=str(ckpt))
+    for k, v in bb.model.state_dict().items():
+        assert torch.equal(v, full.state_dict()[k[len("model."):]]), k
+
+    # A detector checkpoint: the backbone's tensors under 'backbone.', selected with init_cfg prefix.
+    det = tmp_path / "det.pth"
+    torch.save({"meta": {"note": "detector"}, "state_dict": {f"backbone.model.{k}": v for k, v in
+                                                              full.state_dict().items()}}, det)
+    bb2 = _backbone(out_indices=(1, 2, 3), init_cfg=dict(type="Pretrained", checkpoint=str(det),
+                                                         prefix="backbone."))
+    for k, v in bb2.model.state_dict().items():
+        assert torch.equal(v, bb.model.state_dict()[k]), k
+
+    other = tmp_path / "gpunet1.pth"
+    torch.save(prunet.create_model("gpunet_1").state_dict(), other)
+    with pytest.raises(ValueError, match=r"does not match backbone arch 'prunet_p0'"):
+        _backbone(pretrained=str(other))
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        _backbone(pretrained=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.detection
+@needs_mmdet
+def test_hf_hub_checkpoint_reference_resolves_through_huggingface_hub_cache(tmp_path, monkeypatch):
+    """The Hub is unreachable here: seed huggingface_hub's own cache layout and run offline."""
+    import prunet
+    from safetensors.torch import save_file
+
+    full = prunet.create_model("prunet_p0")
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--prunet-p0"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(snap / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    bb = _backbone(out_indices=(2, 3), pretrained="hf-hub:someone/prunet-p0")
+    for k, v in bb.model.state_dict().items():
+        assert torch.equal(v, full.state_dict()[k[len("model."):]]), k
+    # The same reference through mmengine's loader (load_from / init_cfg of other modules).
+    from mmengine.runner import CheckpointLoader
+
+    sd = CheckpointLoader.load_checkpoint("hf-hub:someone/prunet-p0")
+    assert set(sd) == set(full.state_dict())
+
+
+# ----------------------------------------------------------------------------- detector families
+
+FAMILY_CONFIGS = ["retinanet_prunet-p0_fpn_1x_coco.py", "fcos_prunet-p1_fpn_gn-head_1x_coco.py",
+                  "faster-rcnn_prunet-p0_fpn_1x_coco.py"]
+
+
+@pytest.mark.detection
+@needs_mmdet
+@pytest.mark.parametrize("config", FAMILY_CONFIGS)
+@pytest.mark.parametrize("arch", ["config", "gpunet_d1.json"])
+def test_each_family_builds_and_computes_losses(config, arch):
+    """Each shipped config (zoo backbone) and an arch-JSON backbone give finite training losses."""
+    import prunet.detection  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from prunet.detection.tools import sync_neck_channels
+
+    register_all_modules()
+    cfg = Config.fromfile(str(CONFIGS / config))
+    cfg.model.backbone.pretrained = None  # no network here; weights are not what is tested
+    if arch != "config":
+        cfg.model.backbone.arch = str(REPO / "zoo" / arch)
+    channels = sync_neck_channels(cfg, quiet=True)
+    assert cfg.model.neck.in_channels == channels
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    packed = demo_mm_inputs(2, [[3, 128, 128]], num_classes=80, num_items=[3, 2])
+    data = model.data_preprocessor(packed, True)
+    losses = model.loss(**data)
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(x.sum() for x in v) for v in losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.model.model.stages[1][0].parameters().__next__().grad is not None
+
+
+@pytest.mark.detection
+@needs_mmdet
+def test_configs_neck_channels_match_their_backbones():
+    from mmengine.config import Config
+
+    from prunet.detection import backbone_channels
+
+    for path in sorted(CONFIGS.glob("*prunet*.py")):
+        cfg = Config.fromfile(str(path))
+        bb = cfg.model.backbone
+        assert cfg.model.neck.in_channels == backbone_channels(bb.arch, bb.out_indices), path.name
+
+
+# ----------------------------------------------------------------------------- train + evaluate
+
+
+def _scalars(work_dir: Path) -> list[dict]:
+    files = sorted(work_dir.glob("*/vis_data/scalars.json"))
+    assert files, f"no scalars.json under {work_dir}"
+    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.detection
+@needs_mmdet
+@needs_pycocotools
+def test_train_retinanet_p0_on_trees_then_evaluate(trees, tmp_path):
+    """A few CPU iterations on the real tree set: the loss falls and COCO bbox mAP is computed."""
+    work = tmp_path / "work"
+    config = CONFIGS / "trees" / "retinanet_prunet-p0_fpn_trees.py"
+    opts = ["train_cfg.max_iters=40", "train_cfg.val_interval=40", "default_hooks.logger.interval=5",
+            "default_hooks.checkpoint.interval=40", "param_scheduler.0.end=5", "param_scheduler.1.begin=5",
+            "param_scheduler.1.end=40", "img_scale=(256,256)", "randomness.seed=0"]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    run = subprocess.run([sys.executable, str(REPO / "detection" / "train.py"), str(config), "--quiet",
+                          "--work-dir", str(work), "--cfg-options", *opts],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = _scalars(work)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) >= 6
+    assert all(map(lambda v: v == v, losses))  # no NaN
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+    val = [r for r in rows if "coco/bbox_mAP" in r]
+    assert val and 0.0 <= val[-1]["coco/bbox_mAP"] <= 1.0
+
+    ckpt = work / "iter_40.pth"
+    assert ckpt.is_file()
+    out = tmp_path / "metrics.json"
+    run = subprocess.run([sys.executable, str(REPO / "detection" / "test.py"), str(config), str(ckpt), "--quiet",
+                          "--work-dir", str(work), "--out-json", str(out), "--cfg-options", "img_scale=(256,256)"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    assert "coco/bbox_mAP" in metrics and "coco/bbox_mAP_50" in metrics
+    assert metrics["coco/bbox_mAP"] == pytest.approx(val[-1]["coco/bbox_mAP"], abs=1e-3)
+    assert "bbox_mAP" in run.stdout
