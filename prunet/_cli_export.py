@@ -282,8 +282,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     table = Table(title=f"latency, batch {args.batch} ({args.headline} of {args.iters} runs, "
                         "backends interleaved)")
-    for col in ("target", "backend", f"{args.headline} (ms)", "median", "p10", "p90", "threads",
-                "ratio"):
+    table.add_column("target", overflow="fold")
+    for col in ("backend", f"{args.headline} (ms)", "median", "p10", "p90", "threads", "ratio"):
         table.add_column(col, no_wrap=True)
     first: dict[str, float] = {}
     for r in results:

@@ -8,7 +8,7 @@ warm-up, recorded with thread count, versions, device and date.
 
 from __future__ import annotations
 
-from .measure import Candidate, input_shape_for, measure, measure_interleaved
+from .timing import Candidate, input_shape_for, measure, measure_interleaved
 from .runners import BACKENDS, make_runner
 from .stats import LatencyStats, ratio
 
