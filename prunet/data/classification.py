@@ -96,10 +96,10 @@ def fashion_mnist(train: bool = True, source: str | os.PathLike = DEBIAN_FASHION
 
 @dataclass
 class ImageSet:
-    """Indexable images as float tensors at the search's input size, plus labels.
+    """Indexable images at the search's input size, plus labels.
 
-    Small sets (Fashion-MNIST) are converted once into one tensor, which makes a training step's
-    data cost negligible on two cores; ImageFolder sets are decoded per item.
+    Small sets (Fashion-MNIST) live in one tensor and are converted a batch at a time, which keeps
+    a step's data cost negligible on two cores; ImageFolder sets are decoded per item.
     """
 
     dataset: Any
@@ -108,6 +108,7 @@ class ImageSet:
     images: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     transform: Any = None
+    convert: Any = None  # whole-batch conversion of ``images`` (uint8 → normalised float)
 
     def __len__(self) -> int:
         return len(self.labels) if self.labels is not None else len(self.dataset)
@@ -115,7 +116,8 @@ class ImageSet:
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         if self.images is not None:
-            return self.images[idx], self.labels[idx]
+            x = self.images[idx]
+            return (self.convert(x) if self.convert is not None else x), self.labels[idx]
         xs, ys = [], []
         for i in idx.tolist():
             x, y = self.dataset[i]
@@ -142,16 +144,21 @@ def _match_channels(x: torch.Tensor, chans: int, where: str) -> torch.Tensor:
 
 def fashion_mnist_set(input_size: tuple[int, int, int], train: bool = True, limit: int | None = None,
                       source: str | os.PathLike = DEBIAN_FASHION_MNIST) -> ImageSet:
-    """Fashion-MNIST as one normalised tensor at ``input_size`` (resized, channels repeated)."""
+    """Fashion-MNIST at ``input_size`` (resized, normalised, channels repeated) per batch: the
+    uint8 images stay in one tensor, so only the images a search touches are converted."""
     ds = fashion_mnist(train, source)
     data, labels = ds.data, ds.targets
     if limit is not None:
         data, labels = data[:limit], labels[:limit]
-    x = data.unsqueeze(1).float().div_(255.0)
-    x = _resize(x, input_size[1:])
-    x = (x - 0.2860) / 0.3530  # Fashion-MNIST train mean/std
-    x = _match_channels(x, input_size[0], "fashion-mnist")
-    return ImageSet(ds, input_size, FASHION_MNIST_CLASSES, x.contiguous(), labels.clone())
+    c, h, w = input_size
+
+    def convert(u8: torch.Tensor) -> torch.Tensor:
+        x = u8.unsqueeze(1).float().div_(255.0)
+        x = _resize(x, (h, w))
+        x = (x - 0.2860) / 0.3530  # Fashion-MNIST train mean/std
+        return _match_channels(x, c, "fashion-mnist")
+
+    return ImageSet(ds, input_size, FASHION_MNIST_CLASSES, data, labels.clone(), convert=convert)
 
 
 def imagefolder_set(path: str | os.PathLike, input_size: tuple[int, int, int]) -> ImageSet:

@@ -1,0 +1,106 @@
+"""Shared helpers for the search tests: a tiny space, a real (torch-backend) latency table.
+
+Imported by the other tests/test_search*.py modules; the two tests here check the helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="Debian package dataset-fashion-mnist not installed")
+
+TINY_SPACE = {
+    "format": "prunet.space/1", "name": "tiny", "input_size": [1, 16, 16], "num_classes": 10, "width_step": 8,
+    "stem": [{"out_chs": 16, "kernel": 3, "stride": 2}],
+    "candidates": [{"type": "irb", "kernel": 3, "max_expansion": 3, "min_hidden": 16},
+                   {"type": "fused_irb", "kernel": 3, "max_expansion": 2, "min_hidden": 16}],
+    "stages": [{"out_chs": 16, "stride": 1, "depth": 2}, {"out_chs": 24, "stride": 2, "depth": 2}],
+    "head": {"conv_chs": 64},
+}
+
+# A short schedule with short windows, so every pruning tier acts within 40 steps.
+TINY_ARGS = ["--steps", "40", "--warmup-steps", "8", "--batch-size", "32", "--train-limit", "1500",
+             "--threads", "1", "--eval-images", "200", "--backend", "torch", "--seed", "3"]
+TINY_CONFIG = {"prunode_window": 2, "block_window": 4, "layer_window": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_space(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("space") / "tiny.json"
+    p.write_text(json.dumps(TINY_SPACE))
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_lut(tiny_space, tmp_path_factory) -> Path:
+    """Every block of the tiny space measured for real on torch eager (few iterations: the
+    tests need a real table, not an accurate one)."""
+    from prunet.latency.lut import Measurer, build_table
+    from prunet.search.space import load_space
+
+    table = build_table(load_space(tiny_space), Measurer(backend="torch", threads=1, iters=15, warmup=3),
+                        calib_nets=3, progress=False)
+    return table.save(tmp_path_factory.mktemp("lut") / "tiny-torch.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("cfg") / "config.json"
+    p.write_text(json.dumps(TINY_CONFIG))
+    return p
+
+
+def search_cmd(space: Path, lut: Path, config: Path, out: Path, target: float, *extra: str) -> list[str]:
+    return [PY, "-m", "prunet.cli", "search", "run", "--space", str(space), "--data", "fashion-mnist",
+            "--target-ms", f"{target:.6f}", "--lut", str(lut), "--config", str(config), "--out", str(out),
+            "--quiet", *TINY_ARGS, *extra]
+
+
+def mid_target(lut: Path, space: Path) -> float:
+    """A target between the smallest and the largest net: the search must prune to meet it."""
+    from prunet.latency.lut import load_table, min_reachable_ms
+    from prunet.search.space import load_space
+
+    sp, t = load_space(space), load_table(lut)
+    lo = min_reachable_ms(t, sp)
+    big = sp.arch_from_choices([(s.candidates[0], s.hidden_widths(s.candidates[0], 8)[-1]) for s in sp.layers()], "big")
+    return lo + 0.5 * (t.predict(big) - lo)
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["OMP_NUM_THREADS"] = "1"
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=300, **kw)
+
+
+def test_tiny_lut_is_real_and_complete(tiny_lut, tiny_space):
+    from prunet.latency.lut import load_table, space_parts
+    from prunet.search.space import load_space
+
+    t = load_table(tiny_lut)
+    assert set(t.entries) == set(space_parts(load_space(tiny_space)))
+    assert all(v > 0 for v in t.entries.values())
+    assert t.backend == "torch" and t.threads == 1 and t.statistic == "min"
+    assert t.a > 0 and t.calibration["nets"] == 3
+
+
+def test_mid_target_is_between_bounds(tiny_lut, tiny_space):
+    from prunet.latency.lut import load_table, min_reachable_ms
+    from prunet.search.space import load_space
+
+    tgt = mid_target(tiny_lut, tiny_space)
+    assert tgt > min_reachable_ms(load_table(tiny_lut), load_space(tiny_space))
