@@ -63,7 +63,7 @@ def test_head_api():
         assert feats.shape[1] == model.num_features == 1152
         pre = model.forward_head(feats, pre_logits=True)
         assert pre.shape == (2, model.head_hidden_size) and model.head_hidden_size == 1984
-        assert model.get_classifier() is model.classifier
+        assert model.get_classifier() is model.head.classifier
         model.reset_classifier(10)
         assert model(x).shape == (2, 10)
         model.reset_classifier(0, "")

@@ -1,6 +1,7 @@
 """Block modules and the network class; the only implementation of each block."""
 
 from prunet.nn.blocks import (
+    ClassifierHead,
     ConvBnAct,
     FusedInvertedResidual,
     InvertedResidual,
@@ -11,6 +12,6 @@ from prunet.nn.blocks import (
 from prunet.nn.model import PruNet, block_module_names, feature_map_size, stage_layout
 
 __all__ = [
-    "ConvBnAct", "FusedInvertedResidual", "InvertedResidual", "PruNet", "SqueezeExcite", "act_layer",
+    "ClassifierHead", "ConvBnAct", "FusedInvertedResidual", "InvertedResidual", "PruNet", "SqueezeExcite", "act_layer",
     "block_module_names", "build_block", "feature_map_size", "stage_layout",
 ]

@@ -7,13 +7,13 @@ NVIDIA's non-distilled checkpoints map onto them one to one.
 """
 
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
-from timm.layers import BatchNormAct2d, DropPath, get_act_layer
+from timm.layers import BatchNormAct2d, DropPath, SelectAdaptivePool2d, get_act_layer
 from torch import nn
 
-from prunet.arch import ConvSpec, FusedIRBSpec, IRBSpec, conv_padding
+from prunet.arch import ConvSpec, FusedIRBSpec, HeadSpec, IRBSpec, conv_padding
 
 ACT_LAYERS = {"relu": "relu", "silu": "silu"}
 
@@ -110,6 +110,60 @@ class FusedInvertedResidual(nn.Module):
         if self.has_residual:
             x = self.drop_path(x) + shortcut
         return x
+
+
+class ClassifierHead(nn.Module):
+    """1×1 conv + BN + act → global pool → (1×1 conv + act) → dropout → linear.
+
+    The post-pool conv exists for NVIDIA's distilled GPUNets (and MobileNetV3-style heads).
+    Split in two so timm's ``forward_features`` can end at the 1×1 conv, as in EfficientNet.
+    """
+
+    def __init__(self, spec: HeadSpec, global_pool: str = "avg", drop_rate: Optional[float] = None, **dd: Any):
+        super().__init__()
+        self.spec = spec
+        self.num_classes = spec.num_classes
+        self.num_features = spec.conv_chs
+        self.head_hidden_size = spec.post_pool_chs or spec.conv_chs
+        self.conv_head = nn.Conv2d(spec.in_chs, spec.conv_chs, 1, bias=False, **dd)
+        self.norm_head = BatchNormAct2d(spec.conv_chs, eps=spec.bn_eps, act_layer=act_layer(spec.act), **dd)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        if spec.post_pool_chs:
+            self.conv_post_pool = nn.Conv2d(spec.conv_chs, spec.post_pool_chs, 1, bias=False, **dd)
+            self.act_post_pool = act_layer(spec.act)(inplace=True)
+        else:
+            self.conv_post_pool = nn.Identity()
+            self.act_post_pool = nn.Identity()
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.head_drop = nn.Dropout(spec.dropout if drop_rate is None else drop_rate)
+        self.classifier = (nn.Linear(self.head_hidden_size, spec.num_classes, **dd)
+                           if spec.num_classes > 0 else nn.Identity())
+
+    def reset(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        ref = next(self.parameters(), None)
+        dd = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        if num_classes > 0:
+            self.classifier = nn.Linear(self.head_hidden_size, num_classes, **dd)
+            self.classifier.train(self.training)
+        else:
+            self.classifier = nn.Identity()
+
+    def forward_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_head(self.conv_head(x))
+
+    def forward_pooled(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.flatten(self.act_post_pool(self.conv_post_pool(x)))
+        if pre_logits:
+            return x
+        return self.classifier(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_pooled(self.forward_conv(x))
 
 
 def build_block(spec: "ConvSpec | IRBSpec | FusedIRBSpec", drop_path_rate: float = 0.0, **dd: Any) -> nn.Module:

@@ -10,13 +10,12 @@ from NVIDIA's ``stage`` labels, which do not line up with strides.
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-from timm.layers import BatchNormAct2d, SelectAdaptivePool2d
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from prunet.arch import ArchSpec, conv_padding
-from prunet.nn.blocks import ConvBnAct, act_layer, build_block
+from prunet.nn.blocks import ClassifierHead, ConvBnAct, build_block
 
 
 def stage_layout(spec: ArchSpec) -> list[list[int]]:
@@ -110,22 +109,9 @@ class PruNet(nn.Module):
             self.feature_info.append(dict(num_chs=chs, reduction=stem_stride * 2 ** s, module=f"stages.{s}"))
         self.stage_ends = list(range(len(self.feature_info)))
 
-        self.conv_head = nn.Conv2d(head.in_chs, head.conv_chs, 1, bias=False, **dd)
-        self.norm_head = BatchNormAct2d(head.conv_chs, eps=head.bn_eps, act_layer=act_layer(head.act), **dd)
-        self.num_features = head.conv_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-        if head.post_pool_chs:
-            self.conv_post_pool = nn.Conv2d(head.conv_chs, head.post_pool_chs, 1, bias=False, **dd)
-            self.act_post_pool = act_layer(head.act)(inplace=True)
-            self.head_hidden_size = head.post_pool_chs
-        else:
-            self.conv_post_pool = nn.Identity()
-            self.act_post_pool = nn.Identity()
-            self.head_hidden_size = head.conv_chs
-        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.head_drop = nn.Dropout(self.drop_rate)
-        self.classifier = (nn.Linear(self.head_hidden_size, self.num_classes, **dd)
-                           if self.num_classes > 0 else nn.Identity())
+        self.head = ClassifierHead(head, global_pool, self.drop_rate, **dd)
+        self.num_features = self.head.num_features
+        self.head_hidden_size = self.head.head_hidden_size
 
     # ------------------------------------------------------------------ timm API
 
@@ -142,19 +128,11 @@ class PruNet(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.classifier
+        return self.head.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        ref = next(self.parameters())
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        if num_classes > 0:
-            self.classifier = nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
-            self.classifier.train(self.training)
-        else:
-            self.classifier = nn.Identity()
+        self.head.reset(num_classes, global_pool)
 
     def forward_intermediates(
         self,
@@ -185,7 +163,7 @@ class PruNet(nn.Module):
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
-        x = self.norm_head(self.conv_head(x))
+        x = self.head.forward_conv(x)
         return x, intermediates
 
     def prune_intermediate_layers(
@@ -198,10 +176,10 @@ class PruNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
         self.stages = self.stages[: max_index + 1]
         if prune_head:
-            self.conv_head = nn.Identity()
-            self.norm_head = nn.Identity()
-            self.conv_post_pool = nn.Identity()
-            self.act_post_pool = nn.Identity()
+            self.head.conv_head = nn.Identity()
+            self.head.norm_head = nn.Identity()
+            self.head.conv_post_pool = nn.Identity()
+            self.head.act_post_pool = nn.Identity()
             self.reset_classifier(0, "")
         return take_indices
 
@@ -211,16 +189,10 @@ class PruNet(nn.Module):
             x = checkpoint_seq(self.stages, x, flatten=True)
         else:
             x = self.stages(x)
-        return self.norm_head(self.conv_head(x))
+        return self.head.forward_conv(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        x = self.act_post_pool(self.conv_post_pool(x))
-        x = self.flatten(x)
-        if pre_logits:
-            return x
-        x = self.head_drop(x)
-        return self.classifier(x)
+        return self.head.forward_pooled(x, pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -37,8 +37,9 @@ _FUSED_DISTILL = {"body.0": "conv_exp", "body.1": "bn1", "body.3": "conv_pwl", "
 _CONV = {"conv": "conv", "bn1": "bn1"}
 _STEM = {"net.0": "stem.0.conv", "net.1": "stem.0.bn1", "net.3": "stem.1.conv", "net.4": "stem.1.bn1",
          "net.6": "stem.2.conv", "net.7": "stem.2.bn1"}
-_HEAD = {"net.0": "conv_head", "net.1": "norm_head", "net.6": "classifier"}
-_HEAD_DISTILL = {"net.0": "conv_head", "net.1": "norm_head", "net.4": "conv_post_pool", "net.8": "classifier"}
+_HEAD = {"net.0": "head.conv_head", "net.1": "head.norm_head", "net.6": "head.classifier"}
+_HEAD_DISTILL = {"net.0": "head.conv_head", "net.1": "head.norm_head", "net.4": "head.conv_post_pool",
+                 "net.8": "head.classifier"}
 
 _LAYER_NUMBER = re.compile(r"(\d+)$")
 
