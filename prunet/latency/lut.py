@@ -189,23 +189,6 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
 # ----------------------------------------------------------------------------- measuring
 
 
-class _Head:
-    """The classifier head as a standalone module for timing (same layers as PruNet's head)."""
-
-    @staticmethod
-    def build(head: HeadSpec) -> Any:
-        import torch.nn as nn
-
-        from prunet.nn import ConvBnAct, act_layer
-
-        layers: list[nn.Module] = [ConvBnAct(ConvSpec(head.in_chs, head.conv_chs, 1, 1, head.act, head.bn_eps)),
-                                   nn.AdaptiveAvgPool2d(1)]
-        if head.post_pool_chs:
-            layers += [nn.Conv2d(head.conv_chs, head.post_pool_chs, 1, bias=False), act_layer(head.act)(inplace=True)]
-        layers += [nn.Flatten(1), nn.Linear(head.post_pool_chs or head.conv_chs, head.num_classes)]
-        return nn.Sequential(*layers)
-
-
 @dataclass
 class Measurer:
     """Times one module, exported the same way for blocks and whole networks (TorchScript ONNX
@@ -238,9 +221,9 @@ class Measurer:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def part(self, spec: Any, in_chs: int, hw: tuple[int, int]) -> float:
-        from prunet.nn import build_block
+        from prunet.nn import ClassifierHead, build_block
 
-        mod = _Head.build(spec) if isinstance(spec, HeadSpec) else build_block(spec)
+        mod = ClassifierHead(spec) if isinstance(spec, HeadSpec) else build_block(spec)
         return self(mod, (1, in_chs, *hw))
 
     def whole(self, arch: ArchSpec) -> float:

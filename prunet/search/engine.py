@@ -773,12 +773,8 @@ def export_model(net: Supernet, spec: Any) -> torch.nn.Module:
         for k, v in node.block.state_dict().items():
             sd[f"{names[i]}.{k}"] = v
         i += 1
-    hsd = net.head.state_dict()
-    sd["conv_head.weight"] = hsd["conv.conv.weight"]
-    for k, v in hsd.items():
-        if k.startswith("conv.bn1."):
-            sd["norm_head." + k[len("conv.bn1."):]] = v
-    sd["classifier.weight"], sd["classifier.bias"] = hsd["classifier.weight"], hsd["classifier.bias"]
+    for k, v in net.head.state_dict().items():
+        sd[f"head.{k}"] = v
     model.load_state_dict(sd)
     return model
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from prunet.arch import ArchSpec, ConvSpec, Provenance
 from prunet.latency.lut import LatencyTable, block_key
-from prunet.nn import ConvBnAct, FusedInvertedResidual, InvertedResidual, build_block
+from prunet.nn import ClassifierHead, ConvBnAct, InvertedResidual, build_block
 from prunet.search.space import Candidate, LayerSlot, SearchSpace
 
 SKIP = "skip"
@@ -228,20 +228,6 @@ class StochasticLayer(nn.Module):
             del self.options[name]
 
 
-class Head(nn.Module):
-    """1×1 conv+BN+act → pool → dropout → linear: PruNet's head, so weights map onto it."""
-
-    def __init__(self, space: SearchSpace):
-        super().__init__()
-        h = space.head
-        self.conv = ConvBnAct(ConvSpec(h.in_chs, h.conv_chs, 1, 1, h.act, h.bn_eps))
-        self.drop = nn.Dropout(h.dropout)
-        self.classifier = nn.Linear(h.conv_chs, h.num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.drop(self.conv(x).mean((2, 3))))
-
-
 class Supernet(nn.Module):
     """Stem → stochastic layers → head, with the space's latency table attached."""
 
@@ -251,7 +237,7 @@ class Supernet(nn.Module):
         self.shrink = shrink or space.width_step
         self.stem = nn.Sequential(*[ConvBnAct(c) for c in space.stem])
         self.layers = nn.ModuleDict({str(s.index): StochasticLayer(s, space, self.shrink, table) for s in space.layers()})
-        self.head = Head(space)
+        self.head = ClassifierHead(space.head)
         self.table = table
         self.fixed_ms = 0.0
         if table is not None:
