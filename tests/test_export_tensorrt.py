@@ -216,3 +216,94 @@ def test_run_trtexec(tmp_path):
             images=False)
     cmd, summary = run_trtexec(src, (1, 3, 16, 16), save_engine=tmp_path / "m.plan")
     assert summary.gpu_compute_median_ms > 0 and (tmp_path / "m.plan").is_file()
+
+
+def _stand_in_trtexec(tmp_path, version_code: int):
+    """A stand-in trtexec (no TensorRT here): prints the banner and TRT10_LOG's summary, records
+    its arguments and writes --saveEngine. Tests prunet's side of the protocol only."""
+    import sys
+
+    body = "\n".join(line for line in TRT10_LOG.splitlines() if "&&&&" not in line)
+    script = tmp_path / "bin" / "trtexec"
+    script.parent.mkdir()
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, pathlib, sys\n"
+        "args = sys.argv[1:]\n"
+        f"print('&&&& RUNNING TensorRT.trtexec [TensorRT v{version_code}] # trtexec ' + ' '.join(args))\n"
+        "if '--help' in args:\n"
+        "    sys.exit(0)\n"
+        f"pathlib.Path({str(tmp_path / 'args.json')!r}).write_text(json.dumps(args))\n"
+        "for a in args:\n"
+        "    if a.startswith('--saveEngine='):\n"
+        "        pathlib.Path(a.split('=', 1)[1]).write_bytes(b'stand-in engine')\n"
+        f"print({body!r})\n"
+        f"print('&&&& PASSED TensorRT.trtexec [TensorRT v{version_code}] # trtexec')\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture()
+def small_onnx(tmp_path):
+    from torch import nn
+
+    from prunet.export import to_onnx
+
+    src = tmp_path / "m.onnx"
+    to_onnx(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), src, input_size=(3, 16, 16),
+            images=False)
+    return src
+
+
+@pytest.mark.parametrize("code,fp16_flag", [(100100, True), (110100, False)])
+def test_run_trtexec_protocol_with_stand_in(tmp_path, small_onnx, code, fp16_flag):
+    import json
+
+    from prunet.export.tensorrt import run_trtexec
+
+    exe = _stand_in_trtexec(tmp_path, code)
+    cmd, summary = run_trtexec(small_onnx, (1, 3, 16, 16), trtexec=str(exe),
+                               save_engine=tmp_path / "m.plan", log_path=tmp_path / "m.log")
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert args == cmd[1:]
+    assert ("--fp16" in args) is fp16_flag
+    assert "--shapes=input:1x3x16x16" in args and "--saveEngine=" + str(tmp_path / "m.plan") in args
+    onnx_arg = next(a for a in args if a.startswith("--onnx="))[len("--onnx="):]
+    if fp16_flag:
+        assert onnx_arg == str(small_onnx)
+    else:  # TensorRT 11: the FP16 precision has to come from the graph
+        assert onnx_arg.endswith("m.fp16.onnx")
+        half = onnx.load(onnx_arg)
+        assert any(i.data_type == TensorProto.FLOAT16 for i in half.graph.initializer)
+    assert summary.gpu_compute_median_ms == pytest.approx(0.177124)
+    assert "GPU Compute Time" in (tmp_path / "m.log").read_text()
+
+
+def test_export_tensorrt_cli(tmp_path, small_onnx, capsys):
+    import argparse
+    import json
+
+    from prunet._cli_export import add_export_commands
+
+    parser = argparse.ArgumentParser()
+    add_export_commands(parser.add_subparsers(dest="command", required=True))
+
+    def run(argv):
+        args = parser.parse_args(argv)
+        return args.func(args)
+
+    plan = str(tmp_path / "m.plan")
+    assert run(["export", "tensorrt", str(small_onnx), "--out", plan, "--check-only"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert run(["export", "tensorrt", str(small_onnx), "--out", plan, "--print-command"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out == f"trtexec --onnx={small_onnx} --fp16 --shapes=input:1x3x16x16 --saveEngine={plan}"
+    exe = _stand_in_trtexec(tmp_path, 100100)
+    assert run(["export", "tensorrt", str(small_onnx), "--out", plan, "--trtexec",
+                "--trtexec-path", str(exe), "--json", str(tmp_path / "t.json")]) == 0
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["summary"]["headline"]["value_ms"] == pytest.approx(0.177124)
+    if not HAVE_TRT:
+        assert run(["export", "tensorrt", str(small_onnx), "--out", plan]) == 2
+        assert "tensorrt not installed" in capsys.readouterr().err
