@@ -27,7 +27,8 @@ def _input_size(text: str | None) -> tuple[int, int, int] | None:
     try:
         parts = [int(p) for p in text.lower().replace(",", "x").split("x") if p]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-size: expected H, HxW or CxHxW, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--input-size: expected H, HxW or CxHxW, got {text!r}") from None
     if len(parts) == 1:
         parts = [3, parts[0], parts[0]]
     elif len(parts) == 2:
@@ -47,6 +48,10 @@ def _positive(text: str) -> int:
     return v
 
 
+def _create_kwargs(args: argparse.Namespace) -> dict:
+    return {"pretrained": True} if getattr(args, "pretrained", False) else {}
+
+
 def _write_json(path: str, doc: dict) -> None:
     from prunet.latency.report import _atomic_write
 
@@ -63,7 +68,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         report = to_onnx(args.model, args.out, batch=None if args.dynamic else args.batch,
                          opset=args.opset, exporter=args.exporter, input_size=args.input_size,
                          rtol=args.rtol, images=not args.no_images, slim=args.slim,
-                         verbose=args.verbose)
+                         verbose=args.verbose, **_create_kwargs(args))
     except PrunetExportError as exc:
         report = getattr(exc, "report", None)
         if report is not None and args.json:
@@ -91,7 +96,7 @@ def _onnx_for(args: argparse.Namespace, batch_dynamic: bool) -> str:
         return args.model
     out = Path(args.out).with_suffix(".onnx")
     report = to_onnx(args.model, out, batch=None if batch_dynamic else args.batch,
-                     input_size=args.input_size)
+                     input_size=args.input_size, **_create_kwargs(args))
     print(report.summary())
     return str(out)
 
@@ -154,8 +159,8 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
         report = export_triton(args.model, args.repo, name=args.name, backend=args.backend,
                                max_batch_size=args.max_batch_size, plan=args.plan,
                                precision=args.precision, instance_kind=args.instance_kind,
-                               overwrite=args.overwrite, **({"input_size": args.input_size}
-                                                            if args.input_size else {}))
+                               overwrite=args.overwrite, **_create_kwargs(args),
+                               **({"input_size": args.input_size} if args.input_size else {}))
     except PrunetExportError as exc:
         return _fail(exc)
     print(f"wrote {report.model_dir}/ ({report.backend}, max_batch_size {report.max_batch_size}, "
@@ -185,6 +190,8 @@ def add_export_commands(sub: Any) -> None:
     p.add_argument("--no-images", action="store_true",
                    help="skip the real-image parity check (no PyPI access)")
     p.add_argument("--slim", action="store_true", help="also run onnxslim on the graph")
+    p.add_argument("--pretrained", action="store_true",
+                   help="load the model's published weights (parity is only meaningful then)")
     p.add_argument("--json", metavar="PATH", help="write the export report as JSON")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_export_onnx)
@@ -200,6 +207,7 @@ def add_export_commands(sub: Any) -> None:
                    help="build a dynamic-batch engine with profile 1..MAX (opt: --opt-batch)")
     p.add_argument("--input-size", type=_input_size, default=None, metavar="CxHxW")
     p.add_argument("--workspace-gib", type=float, default=4.0)
+    p.add_argument("--pretrained", action="store_true", help="load published weights first")
     p.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
     p.add_argument("--check-only", action="store_true",
                    help="only check the graph against TensorRT's ONNX operator table")
@@ -226,6 +234,7 @@ def add_export_commands(sub: Any) -> None:
     p.add_argument("--instance-kind", choices=("KIND_GPU", "KIND_CPU", "KIND_AUTO"),
                    default="KIND_GPU")
     p.add_argument("--input-size", type=_input_size, default=None, metavar="CxHxW")
+    p.add_argument("--pretrained", action="store_true", help="load published weights first")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export_triton)
 
