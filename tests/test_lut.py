@@ -1,0 +1,97 @@
+"""Latency tables: keys, prediction, provenance checks, build-lut / validate-lut commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunet.latency.lut import LatencyTable, LutError, arch_parts, fit_calibration, load_table, min_reachable_ms
+from prunet.search.space import from_dict, load_space
+from test_search_fixtures import PY, TINY_SPACE, run, tiny_lut, tiny_space  # noqa: F401
+
+MICRO_SPACE = {
+    "format": "prunet.space/1", "name": "micro", "input_size": [1, 12, 12], "num_classes": 4, "width_step": 8,
+    "stem": [{"out_chs": 8, "kernel": 3, "stride": 2}],
+    "candidates": [{"type": "irb", "kernel": 3, "max_expansion": 2, "min_hidden": 8}],
+    "stages": [{"out_chs": 8, "stride": 1, "depth": 1}], "head": {"conv_chs": 16},
+}
+
+
+def test_predict_is_calibrated_sum_and_names_missing_blocks():
+    sp = from_dict(TINY_SPACE)
+    arch = sp.arch_from_choices([(s.candidates[0], 16) for s in sp.layers()], "a")
+    parts = arch_parts(arch)
+    assert [p for p, *_ in parts] == ["stem[0]", "blocks[0]", "blocks[1]", "blocks[2]", "blocks[3]", "head"]
+    t = LatencyTable("tiny", sp.hash, "torch", "min", 1, {k: 0.5 for _, k, _, _ in parts}, a=2.0, c=0.25)
+    assert t.predict(arch) == pytest.approx(2.0 * 0.5 * 6 + 0.25)
+    del t.entries[parts[3][1]]
+    with pytest.raises(LutError, match=r"blocks\[2\]"):
+        t.predict(arch)
+
+
+def test_fit_calibration_recovers_a_line():
+    a, c = fit_calibration([1.0, 2.0, 3.0, 5.0], [1.5, 2.5, 3.5, 5.5])
+    assert a == pytest.approx(1.0) and c == pytest.approx(0.5)
+
+
+def test_table_refuses_other_space_backend_threads_and_bad_files(tiny_lut, tmp_path):
+    t = load_table(tiny_lut)
+    t.check_for(t.space_hash, "torch", 1)
+    with pytest.raises(LutError, match="built for space 'tiny'"):
+        t.check_for(load_space("proxy-small").hash)
+    with pytest.raises(LutError, match="backend 'torch', not 'onnxruntime'"):
+        t.check_for(backend="onnxruntime")
+    with pytest.raises(LutError, match="1 thread"):
+        t.check_for(threads=2)
+    bad = json.loads(tiny_lut.read_text())
+    key = next(iter(bad["entries"]))
+    bad["entries"][key] = "fast"
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(bad))
+    with pytest.raises(LutError, match=f"entries.{key}"):
+        load_table(p)
+    with pytest.raises(LutError, match="not found"):
+        load_table(tmp_path / "missing.json")
+
+
+def test_min_reachable_is_below_any_sampled_net(tiny_lut, tiny_space):
+    import random
+
+    from prunet.latency.lut import sample_arch
+
+    sp, t = load_space(tiny_space), load_table(tiny_lut)
+    lo = min_reachable_ms(t, sp)
+    rng = random.Random(0)
+    assert all(t.predict(sample_arch(sp, rng)) >= lo - 1e-12 for _ in range(30))
+
+
+def test_build_and_validate_lut_commands_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    space = tmp_path / "micro.json"
+    space.write_text(json.dumps(MICRO_SPACE))
+    lut = tmp_path / "lut.json"
+    r = run([PY, "-m", "prunet.cli", "latency", "build-lut", "--space", str(space), "--backend", "onnxruntime",
+             "--out", str(lut), "--iters", "20", "--warmup", "3", "--calib-nets", "2", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    t = load_table(lut)
+    assert t.backend == "onnxruntime" and t.threads == 1 and t.statistic == "min"
+    assert len(t.entries) == 4 and t.reference["ms"] > 0  # stem, two widths, head
+    prov = t.provenance
+    assert prov["exporter"] == "torchscript" and "onnxruntime" in prov["versions"]
+    r = run([PY, "-m", "prunet.cli", "latency", "validate-lut", str(lut), "--samples", "3", "--json",
+             "--iters", "20", "--warmup", "3", "--plot", str(tmp_path / "v.png")])
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["samples"] == 3 and 0.0 <= res["within_10pct"] <= 1.0 and res["mape"] >= 0
+    assert "spearman" in res and res["drift"]["ratio"] > 0
+    assert (tmp_path / "v.png").stat().st_size > 1000
+
+
+def test_validate_lut_torch_backend_json(tiny_lut):
+    r = run([PY, "-m", "prunet.cli", "latency", "validate-lut", str(tiny_lut), "--samples", "4", "--json",
+             "--iters", "10", "--warmup", "2"])
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert set(res) >= {"samples", "within_10pct", "mape", "spearman"} and res["backend"] == "torch"
+    assert len(res["predicted_ms"]) == len(res["measured_ms"]) == 4

@@ -1,0 +1,108 @@
+"""Prunode and supernet: gating equals the smaller block, commits slice weights and optimizer
+state consistently, and the derived net is the same prunet.nn modules with the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunet.latency.lut import load_table
+from prunet.nn import FusedInvertedResidual, InvertedResidual
+from prunet.search.space import from_dict
+from prunet.search.supernet import SKIP, Supernet
+from test_search_fixtures import TINY_SPACE, tiny_lut, tiny_space  # noqa: F401
+
+
+def _randomise_bn(net: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.fixture()
+def net(tiny_lut):
+    torch.manual_seed(0)
+    n = Supernet(from_dict(TINY_SPACE), load_table(tiny_lut))
+    _randomise_bn(n)
+    return n.eval()
+
+
+def test_prunodes_wrap_prunet_nn_blocks(net):
+    kinds = {type(p.block) for _, p in net.prunodes()}
+    assert kinds == {InvertedResidual, FusedInvertedResidual}
+
+
+def test_gate_closed_equals_committed_block_and_keeps_most_important(net):
+    for _, node in net.prunodes():
+        node.commit(node.hidden)  # order by importance only: output unchanged
+        x = torch.randn(2, node.slot.in_chs, *node.slot.in_hw)
+        before = node.block(x)
+        assert torch.allclose(node(x, hard=True), before, atol=1e-5)  # β = 0 → big path
+        imp = node.importance()
+        assert torch.all(imp[:-1] >= imp[1:])  # most important first
+        with torch.no_grad():
+            node.beta.copy_(torch.tensor([4.0, -4.0]))
+        gated = node(x, hard=True)
+        h = node.hidden
+        kept = imp[: h - node.s].clone()
+        node.commit()
+        assert node.hidden == h - node.s and torch.equal(node.importance(), kept)
+        assert torch.allclose(gated, node.block(x), atol=1e-5)
+        assert torch.all(node.beta == 0)
+        assert type(node.block).__name__ in ("InvertedResidual", "FusedInvertedResidual")
+
+
+def test_expected_latency_moves_with_gate_and_logits(net):
+    node = net.layers["0"].options["ir_k3_relu"]
+    node.lut = {w: 0.01 * w for w in node.lut}  # monotone by construction (the measured one is noisy)
+    e0 = float(node.expected_latency().detach())
+    with torch.no_grad():
+        node.beta.copy_(torch.tensor([3.0, -3.0]))
+    assert float(node.expected_latency().detach()) < e0
+    lat = net.expected_ms()
+    lat.backward()
+    assert node.beta.grad is not None and net.layers["1"].alpha[SKIP].grad is not None
+    assert float(net.layers["1"].alpha[SKIP].grad) < 0  # more Skip → less latency
+
+
+def test_engine_slices_optimizer_state_with_the_tensors(tiny_space, tiny_lut, tmp_path):
+    from prunet.search.engine import RunSpec, SearchConfig, Searcher
+
+    s = Searcher(RunSpec(str(tiny_space), "fashion-mnist", 1.0, backend="torch", lut=str(tiny_lut),
+                         config=SearchConfig(steps=4, warmup_steps=0)), tmp_path)
+    s.net = Supernet(s.space, s.table)
+    s.counters, s.step = {}, 0
+    s._make_optimizers({}, {})
+    opt = s.w_opt
+    for _, p in s.w_named:  # give every weight a recognisable momentum buffer
+        opt.state[p] = {"momentum_buffer": p.detach().clone() * 3}
+    prefix = "layers.0.options.ir_k3_relu"
+    node = s.net.layers["0"].options["ir_k3_relu"]
+    with torch.no_grad():
+        node.beta.copy_(torch.tensor([5.0, -5.0]))
+    s.counters[f"g:0.ir_k3_relu"] = s.cfg.prunode_window - 1
+    events = s._decide(0)
+    assert any(e["event"] == "commit" and e["layer"] == 0 for e in events)
+    for n, p in s.w_named:
+        if n.startswith(prefix):
+            assert torch.allclose(s.w_opt.state[p]["momentum_buffer"], p.detach() * 3), n
+
+
+def test_exported_prunet_matches_collapsed_supernet(net):
+    from prunet.search.engine import export_model
+
+    for li in list(net.layers):  # collapse: first candidate, or Skip where allowed
+        layer = net.layers[li]
+        for n in layer.names()[1:]:
+            layer.remove_option(n)
+    net.layers["0"].options["ir_k3_relu"].commit()
+    spec = net.derive("collapsed")
+    model = export_model(net, spec).eval()
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.allclose(model(x), net(x, hard=True), atol=1e-5)
+    assert all(type(m).__name__ in ("InvertedResidual", "FusedInvertedResidual") for m in
+               [model.stages[s][j] for s in range(len(model.stages)) for j in range(len(model.stages[s]))])

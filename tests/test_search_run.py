@@ -1,0 +1,106 @@
+"""`prunet search run` end to end on a tiny space, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_search_fixtures import (PY, TINY_SPACE, mid_target, needs_fashion, run, search_cmd, tiny_config,  # noqa: F401
+                                  tiny_lut, tiny_space)
+
+pytestmark = needs_fashion
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_space, tiny_lut, tiny_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    target = mid_target(tiny_lut, tiny_space)
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target))
+    assert r.returncode == 0, r.stderr
+    return out, target
+
+
+def test_run_writes_a_buildable_arch_under_target(finished, tiny_lut):
+    import prunet.arch as arch
+    from prunet.latency.lut import load_table
+
+    out, target = finished
+    spec = arch.load(out / "arch.json")
+    d = spec.provenance.details
+    assert spec.provenance.source == "prunet.search"
+    assert d["target_ms"] == pytest.approx(target) and d["steps"] == 40 and d["seed"] == 3
+    assert d["space"] == "tiny" and d["lut_id"] == load_table(tiny_lut).id
+    pred = load_table(tiny_lut).predict(spec)
+    assert pred == pytest.approx(d["predicted_ms"], rel=1e-5) and pred <= target
+    s = json.loads((out / "summary.json").read_text())
+    assert s["within_target"] and s["predicted_ms"] <= target and s["steps"] == 40
+    assert s["measured"]["ms"] > 0 and s["measured"]["backend"] == "torch"
+    assert s["peak_rss_mb"] > 0 and s["wall_s"] > 0 and 0 <= s["val_accuracy_inherited"] <= 1
+    assert (out / "trajectories.png").stat().st_size > 1000
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and all("expected_ms" in json.loads(ln) for ln in lines)
+
+
+def test_arch_builds_with_create_model_and_weights_load(finished):
+    import torch
+    from safetensors.torch import load_file
+
+    import prunet
+
+    out, _ = finished
+    model = prunet.create_model(str(out / "arch.json"))
+    model.load_state_dict(load_file(out / "model.safetensors"))
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_arch_exports_to_onnx(finished, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out, _ = finished
+    r = run([PY, "-m", "prunet.cli", "export", "onnx", str(out / "arch.json"), "--out", str(tmp_path / "m.onnx"),
+             "--no-images", "--exporter", "torchscript"])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_refusals_leave_files_alone(finished, tiny_space, tiny_lut, tiny_config, tmp_path):
+    out, target = finished
+    before = (out / "arch.json").read_bytes()
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target))  # folder already holds a run
+    assert r.returncode == 2 and "already holds a search" in r.stderr
+    assert (out / "arch.json").read_bytes() == before
+    r = run([PY, "-m", "prunet.cli", "search", "resume", str(out)])
+    assert r.returncode == 2 and "already finished" in r.stderr
+
+    fresh = tmp_path / "low"
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, fresh, 1e-6))
+    assert r.returncode == 2 and "below the smallest net" in r.stderr and not (fresh / "run.json").exists()
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY_SPACE, "head": {"conv_chs": 72}}))
+    r = run(search_cmd(other, tiny_lut, tiny_config, tmp_path / "o", target))
+    assert r.returncode == 2 and "built for space 'tiny'" in r.stderr
+
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, tmp_path / "b", target, "--backend", "onnxruntime"))
+    assert r.returncode == 2 and "backend 'torch', not 'onnxruntime'" in r.stderr
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**TINY_SPACE, "stages": [{"out_chs": 16, "stride": 3, "depth": 1}]}))
+    r = run(search_cmd(bad, tiny_lut, tiny_config, tmp_path / "c", target))
+    assert r.returncode == 2 and "stages[0].stride" in r.stderr
+
+
+def test_corrupt_checkpoint_is_refused_untouched(tiny_space, tiny_lut, tiny_config, tmp_path):
+    out = tmp_path / "c"
+    target = mid_target(tiny_lut, tiny_space)
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target, "--steps", "6", "--warmup-steps", "2",
+                       "--checkpoint-every", "3"))
+    assert r.returncode == 0, r.stderr
+    (out / "arch.json").unlink()
+    (out / "summary.json").unlink()
+    ck = out / "ckpt.pt"
+    data = ck.read_bytes()
+    ck.write_bytes(data[: len(data) // 2])
+    r = run([PY, "-m", "prunet.cli", "search", "resume", str(out), "--quiet"])
+    assert r.returncode == 2 and "corrupt or unreadable checkpoint" in r.stderr
+    assert ck.read_bytes() == data[: len(data) // 2] and not (out / "arch.json").exists()
