@@ -40,17 +40,18 @@ class TritonReport:
 
 
 def template_path() -> Path:
-    """The config.pbtxt template: $PRUNET_TRITON_TEMPLATE, else export/triton/ of this checkout."""
+    """The config.pbtxt template: $PRUNET_TRITON_TEMPLATE, else export/triton/ (shipped in the
+    wheel as the package ``prunet.export_recipes``)."""
+    from importlib import resources
+
     env = os.environ.get(TEMPLATE_ENV)
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "export" / "triton" /
-                      "config.pbtxt.template")
+    candidates.append(Path(str(resources.files("prunet.export_recipes").joinpath("triton", "config.pbtxt.template"))))
     for c in candidates:
         if c.is_file():
             return c
     raise PrunetExportError(
-        "Triton template export/triton/config.pbtxt.template not found (it lives in the prunet "
-        f"source tree); set {TEMPLATE_ENV} to its path"
+        f"Triton template not found (looked at {', '.join(map(str, candidates))}); set {TEMPLATE_ENV} to its path"
     )
 
 

@@ -1,0 +1,1 @@
+"""Deployment recipes (trtexec protocol script, Triton template), shipped in the wheel."""
