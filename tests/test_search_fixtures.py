@@ -59,6 +59,18 @@ def tiny_config(tmp_path_factory) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def finished(tiny_space, tiny_lut, tiny_config, tmp_path_factory):
+    """One uninterrupted tiny search (shared by the run and resume tests)."""
+    if not FASHION.exists():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    out = tmp_path_factory.mktemp("run") / "r"
+    target = mid_target(tiny_lut, tiny_space)
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target))
+    assert r.returncode == 0, r.stderr
+    return out, target
+
+
 def search_cmd(space: Path, lut: Path, config: Path, out: Path, target: float, *extra: str) -> list[str]:
     return [PY, "-m", "prunet.cli", "search", "run", "--space", str(space), "--data", "fashion-mnist",
             "--target-ms", f"{target:.6f}", "--lut", str(lut), "--config", str(config), "--out", str(out),

@@ -6,19 +6,10 @@ import json
 
 import pytest
 
-from test_search_fixtures import (PY, TINY_SPACE, mid_target, needs_fashion, run, search_cmd, tiny_config,  # noqa: F401
-                                  tiny_lut, tiny_space)
+from test_search_fixtures import (PY, TINY_SPACE, finished, mid_target, needs_fashion, run, search_cmd,  # noqa: F401
+                                  tiny_config, tiny_lut, tiny_space)
 
 pytestmark = needs_fashion
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_space, tiny_lut, tiny_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "r"
-    target = mid_target(tiny_lut, tiny_space)
-    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target))
-    assert r.returncode == 0, r.stderr
-    return out, target
 
 
 def test_run_writes_a_buildable_arch_under_target(finished, tiny_lut):
