@@ -8,14 +8,15 @@ error naming the checkpoint and the first mismatches.
 from __future__ import annotations
 
 import os
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-__all__ = ["HF_HUB_PREFIX", "match_state_dict", "read_checkpoint",
-           "register_hf_hub_scheme", "resolve_hf_hub"]
+__all__ = ["HF_HUB_PREFIX", "load_from_local_weights_only", "match_state_dict", "mmengine_safe_globals",
+           "read_checkpoint", "register_hf_hub_scheme", "register_weights_only_local_loader", "resolve_hf_hub"]
 
 HF_HUB_PREFIX = "hf-hub:"
 # Files tried, in order, when an ``hf-hub:`` reference names a repository but no file.
@@ -66,7 +67,9 @@ def read_checkpoint(ref: str | os.PathLike, prefix: str = "") -> "OrderedDict[st
     path = resolve_hf_hub(ref) if ref.startswith(HF_HUB_PREFIX) else os.path.expanduser(ref)
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    sd = OrderedDict((k, v) for k, v in zoo_read_checkpoint(path).items() if isinstance(v, torch.Tensor))
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        raw = zoo_read_checkpoint(path)
+    sd = OrderedDict((k, v) for k, v in raw.items() if isinstance(v, torch.Tensor))
     if not sd:
         raise ValueError(f"checkpoint {ref!r}: contains no tensors")
     if prefix:
@@ -76,13 +79,79 @@ def read_checkpoint(ref: str | os.PathLike, prefix: str = "") -> "OrderedDict[st
     return sd
 
 
+def _history_buffer_getattr(obj, name: str):
+    """``getattr`` as mmengine's pickled ``HistoryBuffer`` needs it (its statistics methods), nothing more.
+
+    Allowing the real ``builtins.getattr`` in a weights-only load would let a crafted file reach
+    module globals; this stand-in only returns public methods of ``HistoryBuffer`` itself.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer  # noqa: PLC0415
+
+    if obj is HistoryBuffer and isinstance(name, str) and not name.startswith("_") and callable(
+            vars(HistoryBuffer).get(name)):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"refusing getattr({obj!r}, {name!r}) while loading a checkpoint")
+
+
+def mmengine_safe_globals() -> list:
+    """The non-tensor types in checkpoints that mmengine's Runner saves (message hub, numpy logs).
+
+    torch >= 2.6 loads weights-only by default and mmengine 0.10.7 does not say otherwise, so
+    without these its own checkpoints (``load_from``, ``--resume``, test.py) fail to load.
+    """
+    import numpy as np  # noqa: PLC0415
+    from mmengine.logging.history_buffer import HistoryBuffer  # noqa: PLC0415
+
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
+    out: list = [HistoryBuffer, np.ndarray, np.dtype, (_history_buffer_getattr, "builtins.getattr")]
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        out += [(core.multiarray._reconstruct, f"{mod}._reconstruct"), (core.multiarray.scalar, f"{mod}.scalar")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return out
+
+
+def load_from_local_weights_only(filename: str, map_location=None, logger=None):  # noqa: ARG001
+    """mmengine's local-file loader, weights-only with :func:`mmengine_safe_globals` allowed."""
+    filename = os.path.expanduser(filename)
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f"{filename} can not be found.")
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        try:
+            return torch.load(filename, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(
+                f"checkpoint {filename}: refused by the weights-only loader (it holds objects other than "
+                f"tensors and mmengine's logs): {_unpickler_reason(str(e))}") from e
+
+
+def _unpickler_reason(msg: str) -> str:
+    """The one informative line of torch's long weights-only error message."""
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else msg)
+    return msg
+
+
+def register_weights_only_local_loader() -> None:
+    """Make mmengine load local checkpoints with :func:`load_from_local_weights_only` (see its docs)."""
+    from mmengine.runner import CheckpointLoader  # noqa: PLC0415
+
+    if CheckpointLoader._schemes.get("") is not load_from_local_weights_only:
+        CheckpointLoader.register_scheme(prefixes="", force=True)(load_from_local_weights_only)
+
+
 def _name_candidates(name: str) -> list[str]:
     """Names a feature-extractor parameter may have in the plain model's state dict.
 
     timm's ``FeatureGetterNet`` wraps the model as ``model.*``; ``FeatureListNet`` with
-    ``flatten_sequential`` renames ``stages.0`` to ``stages_0``.
+    ``flatten_sequential`` renames ``stages.0`` to ``stages_0``; a ``PruNetBackbone`` (in a
+    detector checkpoint, under ``backbone.``) wraps the feature extractor once more as ``model.*``.
     """
-    cands = [name]
+    cands = [name, f"model.{name}"]  # as is; as saved from a PruNetBackbone (detector checkpoints)
     if name.startswith("model."):
         cands.append(name[len("model."):])
     for n in list(cands):
