@@ -213,36 +213,63 @@ def test_checkpoint_loading_strict_and_prefixed(tmp_path):
         _backbone(pretrained=str(tmp_path / "missing.pth"))
 
 
+_HF_SCRIPT = r"""
+import sys, torch
+import prunet.detection
+from prunet.detection import PruNetBackbone
+from mmengine.runner import CheckpointLoader
+expected = torch.load(sys.argv[1], weights_only=True)
+bb = PruNetBackbone(arch="prunet_p0", out_indices=(1, 2, 3), pretrained="hf-hub:someone/prunet-p0")
+for k, v in bb.model.state_dict().items():
+    assert torch.equal(v, expected[k[len("model."):]]), k
+raw = CheckpointLoader.load_checkpoint("hf-hub:someone/prunet-p0/pytorch_model.bin")
+assert any(k.startswith("network.") for k in raw), list(raw)[:3]
+print("HF-OK")
+"""
+
+
 @pytest.mark.detection
 @needs_mmdet
-def test_hf_hub_checkpoint_reference_resolves_through_huggingface_hub_cache(tmp_path, monkeypatch):
-    """The Hub is unreachable here: seed huggingface_hub's own cache layout and run offline."""
-    import prunet
-    from safetensors.torch import save_file
+def test_hf_hub_reference_with_nvidia_weights_through_a_hub_standin(tmp_path):
+    """``hf-hub:`` downloads with huggingface_hub (from a loopback Hub stand-in) and NVIDIA-keyed
+    weights (NGC naming) are converted by the zoo's converter before the strict match."""
+    from hub_standin import StandIn
+    from nvidia_reference import FIXTURES, manifest, recipe_weights
 
-    full = prunet.create_model("prunet_p0")
-    commit = "0" * 40
-    repo = tmp_path / "hub" / "models--someone--prunet-p0"
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(snap / "model.safetensors"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    import huggingface_hub.constants as hc
+    if not (FIXTURES / "reference" / "0.5ms-D.manifest.json").is_file():
+        pytest.skip(f"fixture {FIXTURES}/reference/0.5ms-D.manifest.json missing")
+    from prunet.zoo import convert_nvidia_state_dict, get_arch
 
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    nvidia_sd = recipe_weights(manifest("0.5ms-D"))  # PruNet-P0 weights under NVIDIA's key names
+    repo = tmp_path / "srv" / "someone" / "prunet-p0"
+    repo.mkdir(parents=True)
+    torch.save(nvidia_sd, repo / "pytorch_model.bin")  # no model.safetensors: the fallback is used
+    torch.save(convert_nvidia_state_dict(nvidia_sd, get_arch("prunet_p0")), tmp_path / "expected.pth")
+    with StandIn(tmp_path / "srv") as server:
+        env = dict(os.environ, HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        run = subprocess.run([sys.executable, "-c", _HF_SCRIPT, str(tmp_path / "expected.pth")],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0 and "HF-OK" in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
+    assert any("model.safetensors" in path for _, path in server.requests)  # tried first
+    assert any("pytorch_model.bin" in path for _, path in server.requests)
 
-    bb = _backbone(out_indices=(2, 3), pretrained="hf-hub:someone/prunet-p0")
-    for k, v in bb.model.state_dict().items():
-        assert torch.equal(v, full.state_dict()[k[len("model."):]]), k
-    # The same reference through mmengine's loader (load_from / init_cfg of other modules).
-    from mmengine.runner import CheckpointLoader
 
-    sd = CheckpointLoader.load_checkpoint("hf-hub:someone/prunet-p0")
-    assert set(sd) == set(full.state_dict())
+@pytest.mark.detection
+@needs_mmdet
+def test_zoo_weights_unavailable_error_says_how_to_load_a_file(monkeypatch):
+    from prunet.detection import backbone as bbmod
+    from prunet.zoo import WeightsUnavailableError
+
+    real = bbmod._create_model
+
+    def offline(arch, **kw):
+        if kw.get("pretrained"):
+            raise WeightsUnavailableError(f"could not download pretrained weights for {arch!r}")
+        return real(arch, **kw)
+
+    monkeypatch.setattr(bbmod, "_create_model", offline)
+    with pytest.raises(WeightsUnavailableError, match=r"model.backbone.pretrained='/path/to/checkpoint'"):
+        _backbone(pretrained=True)
 
 
 # ----------------------------------------------------------------------------- detector families

@@ -81,6 +81,9 @@ def build_feature_model(arch: str, out_indices: tuple[int, ...], pretrained: boo
         if max(out_indices) >= n:
             raise ValueError(f"out_indices: {out_indices} asks for level {max(out_indices)}, but {arch!r} "
                              f"has {n} feature levels ({desc})") from e
+        if pretrained and type(e).__name__ == "WeightsUnavailableError":
+            raise type(e)(f"{e}\nIn a detector config, point the backbone at a local copy instead: "
+                          f"model.backbone.pretrained='/path/to/checkpoint' (or 'hf-hub:org/repo[/file]')") from e
         raise
     info = model.feature_info
     if max(out_indices) >= len(info) or tuple(info.out_indices) != out_indices:

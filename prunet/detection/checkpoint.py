@@ -30,7 +30,7 @@ def resolve_hf_hub(ref: str) -> str:
     Without a file path, ``model.safetensors`` then ``pytorch_model.bin`` are tried.
     """
     from huggingface_hub import hf_hub_download  # noqa: PLC0415
-    from huggingface_hub.errors import EntryNotFoundError  # noqa: PLC0415
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError  # noqa: PLC0415
 
     if not ref.startswith(HF_HUB_PREFIX):
         raise ValueError(f"checkpoint: expected 'hf-hub:org/repo[/file][@revision]', got {ref!r}")
@@ -49,6 +49,10 @@ def resolve_hf_hub(ref: str) -> str:
         try:
             return hf_hub_download(repo_id, name, revision=revision)
         except EntryNotFoundError as e:
+            last = e
+        except HfHubHTTPError as e:  # a 404 without the Hub's X-Error-Code header (mirrors, proxies)
+            if getattr(getattr(e, "response", None), "status_code", None) != 404:
+                raise
             last = e
     raise FileNotFoundError(f"checkpoint {ref!r}: the repository has none of {_HF_DEFAULT_FILES}; "
                             f"name the file, e.g. hf-hub:{repo_id}/weights.pth") from last
