@@ -179,6 +179,11 @@ def test_frozen_stages_and_norm_eval():
     bb(torch.randn(2, 3, 64, 64))
     assert torch.equal(running, bb.model.model.stem[0].bn1.running_mean)  # frozen stats unchanged
 
+    # A timm model through the zoo's create_model: level 0 (act1) has no parameters of its own.
+    bb = _backbone(arch="resnet18", out_indices=(1, 2, 3, 4), frozen_stages=0)
+    assert [n for n, p in bb.model.named_parameters() if not p.requires_grad] == [
+        "conv1.weight", "bn1.weight", "bn1.bias"]
+
     bb = _backbone(out_indices=(1, 2), norm_eval=True).train()
     assert all(not m.training for m in bb.modules() if isinstance(m, _BatchNorm))
     assert all(p.requires_grad for p in bb.parameters())

@@ -202,17 +202,25 @@ class PruNetBackbone(BaseModule):
         self._is_init = True  # mmengine: weights are set, nothing to initialise
 
     def _freeze_stages(self) -> list[nn.Module]:
-        """Freeze parameters up to the end of level ``frozen_stages``; return modules to keep in eval."""
+        """Freeze parameters up to the end of level ``frozen_stages``; return modules to keep in eval.
+
+        Level ``k`` ends where the first parameter of level ``k + 1``'s module begins (parameters
+        are declared in execution order in timm-style networks); a level module without parameters
+        of its own (ResNet's ``act1``) is handled the same way.
+        """
         if self.frozen_stages < 0:
             return []
         names = [n for n, _ in self.model.named_parameters()]
-        prefixes = tuple(m + "." for m in (self.model.feature_info.module_name(self.frozen_stages),))
-        last = max((i for i, n in enumerate(names) if any(c.startswith(prefixes) for c in _name_candidates(n))),
-                   default=None)
-        if last is None:
-            raise RuntimeError(f"frozen_stages: cannot find the parameters of feature level {self.frozen_stages} "
-                               f"(module {prefixes[0][:-1]!r}) in {self.arch!r}")
-        frozen = set(names[: last + 1])
+        info = self.model.feature_info
+        end = len(names)
+        if self.frozen_stages + 1 < len(info):
+            nxt = info.module_name(self.frozen_stages + 1) + "."
+            end = next((i for i, n in enumerate(names) if any(c.startswith(nxt) for c in _name_candidates(n))),
+                       len(names))
+        if end == 0:
+            raise RuntimeError(f"frozen_stages: found no parameters before feature level "
+                               f"{self.frozen_stages + 1} of {self.arch!r}")
+        frozen = set(names[:end])
         params = dict(self.model.named_parameters())
         for n in frozen:
             params[n].requires_grad_(False)
