@@ -95,8 +95,20 @@ def env() -> dict[str, str]:
     return e
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=300, **kw)
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on timeout the whole group is killed (torchrun's
+    workers included), so a hung test leaves nothing behind."""
+    import signal
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-2000:]}") from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def test_tiny_lut_is_real_and_complete(tiny_lut, tiny_space):
