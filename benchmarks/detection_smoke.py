@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     import mmengine
     import torch
 
-    manifest_path = next(Path(os.environ.get("PRUNET_DATA_DIR", Path.home() / ".cache/prunet/data")).glob(
-        "deepforest_trees_v*_tile400/MANIFEST.json"), None)
-    manifest = json.loads(manifest_path.read_text()) if manifest_path else None
+    from prunet.data.coco_sources import build_deepforest_trees
+
+    manifest = json.loads((build_deepforest_trees(quiet=True).root / "MANIFEST.json").read_text())
     doc = {
         "benchmark": "detection_smoke",
         "what": "RetinaNet, ResNet-18 vs PruNet-P0 backbone, same data/schedule/seed, random init, CPU",
@@ -202,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                      "timing": {"batch_size": 1, "threads": a.threads, "rounds": a.timing_rounds,
                                 "interleaved": True, "includes": "model forward + postprocessing (NMS); "
                                                                  "not image decoding/resizing"}},
-        "dataset": {"name": "deepforest_trees", "tile": 400,
-                    "source": manifest["source"] if manifest else None,
-                    "splits": manifest["splits"] if manifest else None},
+        "dataset": {"name": manifest["dataset"], "version": manifest["version"], "tile": manifest["tile"],
+                    "source": manifest["source"], "splits": manifest["splits"]},
         "provenance": {
             "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
             "git_commit": _git_commit(),

@@ -76,11 +76,13 @@ def test_trees_set_is_valid_coco_with_all_source_boxes(trees):
 
     manifest = json.loads((trees.root / "MANIFEST.json").read_text())
     counts = manifest["splits"]
-    # The wheel's four VOC files hold 951 boxes; tiling keeps each box's larger part exactly once
-    # (a box cut by a tile border leaves its other part as an ignored iscrowd=1 box).
-    assert sum(manifest["source_labels"].values()) == counts["train"]["boxes"] + counts["val"]["boxes"] + \
-        counts["train"]["ignored_boxes"] + counts["val"]["ignored_boxes"]
-    assert 900 <= counts["train"]["boxes"] + counts["val"]["boxes"] <= 951
+    # The wheel's four VOC files hold 951 boxes. Tiling keeps a box whole or its larger part; only
+    # a box cut so that no part keeps half its area is left as ignored (iscrowd) parts.
+    assert manifest["source_boxes"] == 951
+    kept = counts["train"]["boxes"] + counts["val"]["boxes"]
+    assert kept == sum(manifest["kept_boxes_by_source_label"].values())
+    assert 0.95 * 951 <= kept <= 951
+    assert set(manifest["kept_boxes_by_source_label"]) == {"Tree", "Alive", "Dead"}
     assert counts["val"]["images"] >= 5 and counts["train"]["images"] > counts["val"]["images"]
 
     train_files = set()

@@ -75,7 +75,7 @@ _DEEPFOREST_IMAGES = {
     "deepforest/data/SOAP_061.xml": "deepforest/data/SOAP_061.png",
 }
 _VAL_WHOLE_IMAGES = {"SOAP_061"}
-_DATASET_VERSION = 1
+_DATASET_VERSION = 2
 CATEGORY = {"id": 1, "name": "tree", "supercategory": "plant"}
 
 
@@ -216,10 +216,12 @@ def _write_dataset(wheel: Path, out: Path, tile: int, Image, quiet: bool) -> Non
     coco = {s: {"images": [], "annotations": [], "categories": [dict(CATEGORY)]} for s in ("train", "val")}
     next_img, next_ann = 1, 1
     source_labels: dict[str, int] = {}
+    source_boxes = 0
     with zipfile.ZipFile(wheel) as zf:
         for xml_name, img_name in tqdm(_DEEPFOREST_IMAGES.items(), desc="deepforest -> COCO",
                                        disable=quiet):
             width, height, boxes = _parse_voc(zf.read(xml_name), f"{wheel.name}:{xml_name}")
+            source_boxes += len(boxes)
             image = Image.open(io.BytesIO(zf.read(img_name))).convert("RGB")
             if image.size != (width, height):
                 raise ValueError(f"{wheel.name}:{img_name}: image is {image.size}, annotation says "
@@ -245,7 +247,8 @@ def _write_dataset(wheel: Path, out: Path, tile: int, Image, quiet: bool) -> Non
                             "id": next_ann, "image_id": next_img, "category_id": CATEGORY["id"],
                             "bbox": [cx0 - x0, cy0 - y0, w, h], "area": w * h,
                             "iscrowd": int(kept < 0.5), "source_label": label})
-                        source_labels[label] = source_labels.get(label, 0) + 1
+                        if kept >= 0.5:
+                            source_labels[label] = source_labels.get(label, 0) + 1
                         next_ann += 1
                     next_img += 1
     counts = {}
@@ -263,7 +266,7 @@ def _write_dataset(wheel: Path, out: Path, tile: int, Image, quiet: bool) -> Non
         "source": {"requirement": DEEPFOREST_WHEEL.requirement, "file": DEEPFOREST_WHEEL.filename,
                    "sha256": DEEPFOREST_WHEEL.sha256, "license": DEEPFOREST_WHEEL.license,
                    "annotations": sorted(_DEEPFOREST_IMAGES)},
-        "source_labels": source_labels, "splits": counts,
+        "source_boxes": source_boxes, "kept_boxes_by_source_label": source_labels, "splits": counts,
         "classes": [CATEGORY["name"]],
     })
 
