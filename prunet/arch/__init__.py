@@ -3,6 +3,7 @@
 from prunet.arch.io import (
     FORMAT,
     ArchError,
+    atomic_write_text,
     dumps,
     from_dict,
     from_nvidia,
@@ -26,7 +27,7 @@ from prunet.arch.spec import (
 )
 
 __all__ = [
-    "FORMAT", "ArchError", "ArchSpec", "BlockSpec", "ConvSpec", "FusedIRBSpec", "HeadSpec", "IRBSpec",
+    "FORMAT", "ArchError", "atomic_write_text", "ArchSpec", "BlockSpec", "ConvSpec", "FusedIRBSpec", "HeadSpec", "IRBSpec",
     "Latency", "Provenance", "conv_padding", "dumps", "from_dict", "from_nvidia", "is_nvidia_config",
     "load", "make_divisible", "save", "to_dict", "validate",
 ]

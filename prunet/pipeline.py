@@ -1,0 +1,202 @@
+"""Search → train → export → measure, side by side with hand-designed baselines.
+
+This is the project's main job (``make demo`` runs it at a small scale; ``benchmarks/proxy_pareto.py``
+at three latency targets with an ablation). Every network — searched or baseline — is trained by
+the same recipe (:mod:`prunet.train`), exported the same way, and timed in one interleaved
+onnxruntime run, so the comparison is at *measured* latency on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from prunet.arch import atomic_write_text, load
+
+
+@dataclass
+class PipelineConfig:
+    """What the demo and the Pareto benchmark vary; everything else is the modules' defaults."""
+
+    space: str = "proxy-small"
+    data: str = "fashion-mnist"
+    targets_ms: list[float] | None = None  # None: the measured latency of `target_from`
+    target_from: str = "irb_uniform_w075"
+    baselines: list[str] = field(default_factory=lambda: ["irb_uniform_w050", "irb_uniform_w075", "gpunet_like_s"])
+    search_steps: int = 120
+    search_overrides: dict[str, Any] = field(default_factory=dict)  # SearchConfig fields
+    ablations: list[str] = field(default_factory=list)  # of: prunode_only, prunode_block, full
+    train_steps: int = 300
+    train_batch: int = 128
+    train_limit: int | None = 20000
+    eval_limit: int | None = 5000
+    latency_threads: int = 1
+    measure_iters: int = 300
+    seed: int = 0
+
+
+ABLATIONS = {
+    # Tier 2 off: candidates never deleted (threshold 0 is unreachable); tier 3 off likewise.
+    "prunode_only": {"block_threshold": 1e-9, "layer_threshold": 1 - 1e-9},
+    "prunode_block": {"layer_threshold": 1 - 1e-9},
+    "full": {},
+}
+
+
+def baseline_path(name: str) -> Path:
+    """A hand-designed proxy baseline shipped in zoo/proxy/ (or any arch JSON path)."""
+    p = Path(name)
+    if p.suffix == ".json" and p.is_file():
+        return p
+    return Path(str(resources.files("prunet.zoo_data").joinpath("proxy", f"{name}.json")))
+
+
+def _train(arch_path: Path, cfg: PipelineConfig, out: Path, quiet: bool) -> dict[str, Any]:
+    from prunet.train import TrainConfig, train
+
+    tc = TrainConfig(model=str(arch_path), data=cfg.data, steps=cfg.train_steps, batch_size=cfg.train_batch,
+                     train_limit=cfg.train_limit, eval_limit=cfg.eval_limit, seed=cfg.seed,
+                     warmup_steps=min(50, cfg.train_steps // 10), checkpoint_every=max(cfg.train_steps, 1))
+    if (out / "summary.json").is_file():  # finished earlier: reuse (the demo can be rerun cheaply)
+        return json.loads((out / "summary.json").read_text())
+    result = train(tc, out, resume=(out / "checkpoint.pt").is_file(), quiet=quiet)
+    return {"top1": result.top1, "steps": result.steps, "wall_s": result.wall_s}
+
+
+def _export(arch_path: Path, weights: Path, onnx_path: Path) -> dict[str, Any]:
+    from prunet.export import to_onnx
+    from prunet.zoo import create_model, load_checkpoint
+
+    model = load_checkpoint(create_model(str(arch_path)), weights).eval()
+    report = to_onnx(model, onnx_path, batch=1, exporter="torchscript", images=False, check_tensorrt=False)
+    return {"onnx": str(onnx_path), "max_rel_err": report.max_rel}
+
+
+def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, Any]:
+    """Run the whole comparison; writes results.json, results.md and pareto.png into ``out``."""
+    from prunet.latency import Candidate, measure_interleaved
+    from prunet.latency.lut import Measurer
+    from prunet.search import RunSpec, SearchConfig, load_space
+    from prunet.search.engine import resume_search, run_search
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    space = load_space(cfg.space)
+    nets: dict[str, dict[str, Any]] = {}
+    for name in cfg.baselines:
+        path = baseline_path(name)
+        spec = load(path)
+        if tuple(spec.input_size) != tuple(space.input_size):
+            raise ValueError(f"baseline {name}: input {spec.input_size} differs from space {space.input_size}")
+        nets[name] = {"kind": "baseline", "arch": str(path)}
+
+    measurer = Measurer(backend="onnxruntime", threads=cfg.latency_threads)
+    targets = cfg.targets_ms
+    if not targets:
+        ref = load(baseline_path(cfg.target_from))
+        targets = [round(measurer.whole(ref), 4)]
+    searches = []
+    for target in targets:
+        for ablation in (cfg.ablations or ["full"]):
+            label = f"searched@{target:g}ms" + ("" if ablation == "full" else f"[{ablation}]")
+            run_dir = out / "search" / label.replace("@", "_").replace("[", "_").replace("]", "")
+            overrides = {**cfg.search_overrides, **ABLATIONS[ablation]}
+            sc = SearchConfig(steps=cfg.search_steps, **overrides)
+            spec = RunSpec(space=cfg.space, data=cfg.data, target_ms=float(target), seed=cfg.seed,
+                           latency_threads=cfg.latency_threads, config=sc)
+            if (run_dir / "summary.json").is_file():
+                summary = json.loads((run_dir / "summary.json").read_text())
+            elif (run_dir / "run.json").is_file():
+                summary = resume_search(run_dir, quiet=quiet)
+            else:
+                summary = run_search(spec, run_dir, quiet=quiet)
+            nets[label] = {"kind": "searched", "arch": str(run_dir / "arch.json"), "target_ms": target,
+                           "ablation": ablation, "predicted_ms": summary.get("predicted_ms"),
+                           "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb")}
+            searches.append(label)
+
+    for label, net in tqdm(nets.items(), desc="train", disable=quiet):
+        run_dir = out / "train" / _slug(label)
+        net["train"] = _train(Path(net["arch"]), cfg, run_dir, quiet=True)
+        net["export"] = _export(Path(net["arch"]), run_dir / "model.safetensors", out / "onnx" / f"{_slug(label)}.onnx")
+        net["params_m"] = _params(Path(net["arch"])) / 1e6
+
+    shape = (1, *space.input_size)
+    stats = measure_interleaved([Candidate(label, net["export"]["onnx"], shape) for label, net in nets.items()],
+                                iters=cfg.measure_iters, threads=cfg.latency_threads, progress=not quiet)
+    for label, net in nets.items():
+        net["measured_ms"] = stats[label].value
+        net["measured_statistic"] = stats[label].headline
+    results = {
+        "config": asdict(cfg), "targets_ms": targets, "nets": nets, "wall_s": round(time.time() - t_start, 1),
+        "provenance": {"backend": "onnxruntime", "threads": cfg.latency_threads,
+                       "statistic": next(iter(stats.values())).headline, "iters": cfg.measure_iters,
+                       "device": next(iter(stats.values())).device, "versions": next(iter(stats.values())).versions,
+                       "date": next(iter(stats.values())).date},
+    }
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.md", results_markdown(results))
+    plot_pareto(results, out / "pareto.png")
+    return results
+
+
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in label)
+
+
+def _params(arch_path: Path) -> int:
+    import torch
+
+    from prunet.zoo import build
+
+    with torch.device("meta"):
+        model = build(load(arch_path))
+    return sum(p.numel() for p in model.parameters())
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    prov = results["provenance"]
+    lines = [f"onnxruntime CPU, batch 1, {prov['threads']} thread(s), {prov['statistic']} of {prov['iters']} "
+             f"interleaved runs; top-1 on Fashion-MNIST test images after the same training recipe "
+             f"({results['config']['train_steps']} steps); {prov['device']}, {prov['date']}.", "",
+             "| network | kind | params (M) | predicted (ms) | measured (ms) | top-1 (%) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
+        pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else ""
+        lines.append(f"| {label} | {n['kind']} | {n['params_m']:.2f} | {pred} | {n['measured_ms']:.3f} | "
+                     f"{n['train']['top1']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for kind, marker, color in (("baseline", "o", "tab:gray"), ("searched", "*", "tab:red")):
+        pts = [(n["measured_ms"], n["train"]["top1"], label) for label, n in results["nets"].items() if n["kind"] == kind]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=90, color=color, label=kind)
+            for x, y, label in pts:
+                ax.annotate(label, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    for t in results["targets_ms"]:
+        ax.axvline(t, color="tab:red", lw=0.6, ls="--")
+    prov = results["provenance"]
+    ax.set_xlabel(f"measured latency (ms, onnxruntime CPU, {prov['threads']} thread, {prov['statistic']})")
+    ax.set_ylabel("Fashion-MNIST top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
