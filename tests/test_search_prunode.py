@@ -72,7 +72,11 @@ def test_expected_latency_moves_with_gate_and_logits(net):
 def test_engine_slices_optimizer_state_with_the_tensors(tiny_space, tiny_lut, tmp_path):
     from prunet.search.engine import RunSpec, SearchConfig, Searcher
 
-    s = Searcher(RunSpec(str(tiny_space), "fashion-mnist", 1.0, backend="torch", lut=str(tiny_lut),
+    from prunet.latency.lut import min_reachable_ms
+    from prunet.search.space import load_space
+
+    floor = min_reachable_ms(load_table(tiny_lut), load_space(tiny_space))
+    s = Searcher(RunSpec(str(tiny_space), "fashion-mnist", floor * 1.001, backend="torch", lut=str(tiny_lut),
                          config=SearchConfig(steps=4, warmup_steps=0)), tmp_path)
     s.net = Supernet(s.space, s.table)
     s.counters, s.step = {}, 0

@@ -7,7 +7,8 @@ One step (after ``warmup_steps`` of weight-only training):
 2. architecture: a val-split batch, ``CE + λ·max(0, E[lat]/T' − 1)`` with ``E[lat]`` the
    calibrated expected latency (``a·E[Σ] + c``) and ``T' = T·(1 − target_margin)``, Adam on the
    logits ``α`` (candidates/Skip) and ``β`` (Prunode big/small), weights frozen;
-3. decisions, from the (all-reduced, hence identical) logits: a Prunode whose small path has
+3. decisions, from the (all-reduced, hence identical) logits, taken only while the expected
+   latency is above ``T'`` (at most one layer removal per step): a Prunode whose small path has
    probability > ``prunode_threshold`` for ``prunode_window`` consecutive steps commits
    ``c ← c − s``; a candidate below ``block_threshold`` for ``block_window`` steps is deleted;
    a layer whose Skip is above ``layer_threshold`` for ``layer_window`` steps (or that has only
@@ -372,6 +373,16 @@ class Searcher:
         events: list[dict[str, Any]] = []
         if not (commits or drop_options or drop_layers):
             return events
+        # Structure changes are driven by the latency penalty: once the expected latency is under
+        # the goal they wait (the counters keep running), so simultaneous removals cannot
+        # overshoot far below the target. Choices that win on accuracy alone still reach the
+        # result through the final argmax. At most one layer goes per step, the most skipped.
+        goal = self.run.target_ms * (1.0 - cfg.target_margin)
+        with torch.no_grad():
+            if float(net.expected_ms()) <= goal:
+                return events
+        if len(drop_layers) > 1:
+            drop_layers = [max(drop_layers, key=lambda li: net.layers[li].probs()[SKIP])]
         self._sync_buffers()
         w_state, a_state = self._optimizer_state_by_name()
         for prefix, node in commits:
