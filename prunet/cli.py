@@ -191,8 +191,27 @@ def add_zoo_commands(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    cmd_zoo_list(argparse.Namespace(json=False))
-    return cmd_zoo_summary(args)
+    """Small-scale run of prunet.pipeline (benchmarks/proxy_pareto.py is the full-size one)."""
+    from prunet.pipeline import DEMO, run
+
+    cfg = DEMO
+    if args.target_ms:
+        cfg.targets_ms = [args.target_ms]
+    console.print(f"[bold]prunet demo[/bold]: search on {cfg.space} (Fashion-MNIST), train, export, measure; "
+                  f"outputs in {args.out}/")
+    results = run(cfg, args.out, quiet=args.quiet)
+    table = Table(title=f"measured on this machine (onnxruntime CPU, {results['provenance']['threads']} thread, "
+                        f"{results['provenance']['statistic']} of {cfg.measure_iters} runs)")
+    for col in ("network", "kind", "params (M)", "predicted (ms)", "measured (ms)", "top-1 (%)"):
+        table.add_column(col)
+    for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
+        pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else "-"
+        table.add_row(label, n["kind"], f"{n['params_m']:.2f}", pred, f"{n['measured_ms']:.3f}",
+                      f"{n['train']['top1']:.2f}")
+    console.print(table)
+    console.print(f"wrote {args.out}/results.json, {args.out}/results.md, {args.out}/pareto.png "
+                  f"(runs under {args.out}/search, train, onnx) in {results['wall_s']:.0f} s")
+    return 0
 
 
 # ----------------------------------------------------------------------------- wiring
@@ -212,8 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_zoo_commands(sub)
-    demo = sub.add_parser("demo", help="the README's demo: list the zoo, then build and measure every model")
-    _add_summary_args(demo)
+    demo = sub.add_parser("demo", help="the main job on built-in data: search on Fashion-MNIST, train, export, "
+                                       "measure, compare with hand-designed baselines")
+    demo.add_argument("--out", default="demo_out", help="output folder (results.md/json, pareto.png, runs)")
+    demo.add_argument("--target-ms", type=float, default=None,
+                      help="latency target (default: the measured latency of the irb_uniform_w075 baseline)")
+    demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
     for module, func in _GROUPS:
         try:

@@ -41,6 +41,14 @@ class PipelineConfig:
     seed: int = 0
 
 
+# `make demo`: small enough for a few minutes on 2 CPU cores once the latency table exists.
+DEMO = PipelineConfig(
+    search_steps=40,
+    search_overrides=dict(warmup_steps=10, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=20),
+    train_steps=150, train_batch=64, train_limit=10000, eval_limit=2000, measure_iters=200,
+    baselines=["irb_uniform_w050", "irb_uniform_w075"],
+)
+
 ABLATIONS = {
     # Tier 2 off: candidates never deleted (threshold 0 is unreachable); tier 3 off likewise.
     "prunode_only": {"block_threshold": 1e-9, "layer_threshold": 1 - 1e-9},

@@ -214,7 +214,7 @@ class Measurer:
         try:
             path = Path(tmp) / "m.onnx"
             to_onnx(module, path, batch=input_shape[0], input_size=tuple(input_shape[1:]), images=False,
-                    check_tensorrt=False, exporter=self.exporter)
+                    check_tensorrt=False, exporter=self.exporter, parity=False)
             return measure(str(path), input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
                            threads=self.threads, headline=self.statistic).value
         finally:
