@@ -24,7 +24,7 @@ $(STAMP):
 setup: $(STAMP)
 	@# Re-point the editable install at this checkout (CI clones into a fresh folder each time).
 	$(PIP) install -q --no-deps --no-build-isolation -e .
-	apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	@apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || \
 	  echo "note: could not install Debian package dataset-fashion-mnist; Fashion-MNIST tests will skip"
 
