@@ -31,7 +31,11 @@ CACHE_ROOT=${PRUNET_CACHE_DIR:-$HOME/.cache/prunet}
 # working directory would shadow the installed packages.
 pycheck() { (cd / && "$PY" -c "$1"); }
 
-installed_ok() {
+# mmengine 0.10.7 resolves `mmdet::` config paths with pkg_resources, which recent setuptools
+# releases no longer ship (and `make setup` upgrades setuptools when the dependencies change).
+SETUPTOOLS_PIN="setuptools==80.9.0"
+
+stack_ok() {
   pycheck "
 import mmcv, mmengine, mmdet, pycocotools
 from mmcv.ops import nms
@@ -40,9 +44,17 @@ assert mmengine.__version__ == '$MMENGINE_VERSION', mmengine.__version__
 assert mmdet.__version__ == '$MMDET_VERSION', mmdet.__version__
 " >/dev/null 2>&1
 }
+installed_ok() { stack_ok && pycheck "import pkg_resources" >/dev/null 2>&1; }
 
 if installed_ok; then
   log "mmcv $MMCV_VERSION (with ops), mmengine $MMENGINE_VERSION, mmdet $MMDET_VERSION already installed in $PY"
+  exit 0
+fi
+if stack_ok; then
+  log "mmdet stack installed but pkg_resources is missing (setuptools was upgraded); installing $SETUPTOOLS_PIN"
+  "$PY" -m pip install -q "$SETUPTOOLS_PIN"
+  installed_ok || die "still no pkg_resources after installing $SETUPTOOLS_PIN"
+  log "ok"
   exit 0
 fi
 
@@ -67,8 +79,8 @@ if [ -n "$WHEEL" ]; then
   log "using cached wheel $WHEEL"
 else
   log "no cached mmcv wheel for $KEY; building mmcv $MMCV_VERSION from source (about 15 min on 2 cores)"
-  log "step 1/4: build tools (setuptools==80.9.0 wheel ninja psutil) into the venv"
-  "$PY" -m pip install -q "setuptools==80.9.0" wheel ninja psutil
+  log "step 1/4: build tools ($SETUPTOOLS_PIN wheel ninja psutil) into the venv"
+  "$PY" -m pip install -q "$SETUPTOOLS_PIN" wheel ninja psutil
 
   BUILD_DIR=$(mktemp -d "${TMPDIR:-/tmp}/prunet-mmcv-build.XXXXXX")
   trap 'rm -rf "$BUILD_DIR"' EXIT
@@ -105,8 +117,8 @@ else
   log "cached wheel at $WHEEL"
 fi
 
-log "installing $(basename "$WHEEL") mmengine==$MMENGINE_VERSION mmdet==$MMDET_VERSION pycocotools"
-"$PY" -m pip install -q "$WHEEL" "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" pycocotools
+log "installing $(basename "$WHEEL") mmengine==$MMENGINE_VERSION mmdet==$MMDET_VERSION pycocotools $SETUPTOOLS_PIN"
+"$PY" -m pip install -q "$WHEEL" "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" pycocotools "$SETUPTOOLS_PIN"
 
 if ! installed_ok; then
   pycheck "import mmcv, mmdet; from mmcv.ops import nms" || true

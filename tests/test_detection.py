@@ -21,10 +21,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "detection" / "configs"
-HAVE_MMDET = all(importlib.util.find_spec(m) is not None for m in ("mmdet", "mmengine", "mmcv"))
+# mmengine 0.10.7 needs pkg_resources to resolve `mmdet::` configs; install_mmcv.sh pins setuptools.
+HAVE_MMDET = all(importlib.util.find_spec(m) is not None for m in ("mmdet", "mmengine", "mmcv", "pkg_resources"))
 needs_mmdet = pytest.mark.skipif(
-    not HAVE_MMDET, reason="mmdet/mmengine/mmcv not installed; run `make setup-detection` "
-                           "(bash detection/install_mmcv.sh <venv python>)")
+    not HAVE_MMDET, reason="mmdet/mmengine/mmcv (or setuptools' pkg_resources, which mmengine needs) not "
+                           "installed; run `make setup-detection` (bash detection/install_mmcv.sh <venv python>)")
 needs_pycocotools = pytest.mark.skipif(importlib.util.find_spec("pycocotools") is None,
                                        reason="pycocotools not installed (make setup-detection)")
 
