@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q --upgrade pip "setuptools==80.9.0" wheel
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q $(TORCH_PINS) -e '.[export,dev]'
 	rm -f $(VENV)/.deps-*
