@@ -173,7 +173,8 @@ def evaluate(model: torch.nn.Module, data: ImageSet, indices: list[int], batch_s
     correct = 0
     for i in tqdm(range(0, len(indices), batch_size), desc="eval", disable=quiet, leave=False):
         x, y = data.batch(indices[i: i + batch_size])
-        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        correct += (model(x).argmax(1).cpu() == y).sum().item()
     return 100.0 * correct / max(1, len(indices))
 
 
@@ -240,7 +241,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
     except DataError as e:
         raise TrainError(str(e)) from None
     torch.manual_seed(cfg.seed)  # identical init on every rank and in every resumed run
-    model = build_model(cfg, train_set.num_classes, input_size[0]).to(device)
+    # channels_last: about 2x faster on CPU for these depthwise-heavy nets (measured), and the
+    # layout Tensor Cores prefer under AMP.
+    model = build_model(cfg, train_set.num_classes, input_size[0]).to(device, memory_format=torch.channels_last)
     raw_model = model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -304,7 +307,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
         while step < cfg.steps:
             model.train()
             x, y = stream.next()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
