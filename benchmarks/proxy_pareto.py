@@ -40,18 +40,18 @@ def main() -> None:
 
         m = Measurer(backend="onnxruntime", threads=cfg.latency_threads)
         cfg.targets_ms = [round(m.whole(load(baseline_path(b))), 4) for b in baselines[:3]]
-    results = run(cfg, work / "main", quiet=args.quiet)
-    if args.ablation:
+    run(cfg, work / "main", quiet=args.quiet)
+    RESULTS.mkdir(exist_ok=True)
+    for src, dst in (("results.json", "proxy_pareto.json"), ("results.md", "proxy_pareto.md"),
+                     ("pareto.png", "proxy_pareto.png")):
+        shutil.copyfile(work / "main" / src, RESULTS / dst)
+    if args.ablation:  # search wall time and peak memory per variant are in its results.json
         middle = sorted(cfg.targets_ms)[len(cfg.targets_ms) // 2]
         ab = PipelineConfig(targets_ms=[middle], baselines=[], search_steps=args.search_steps,
                             train_steps=args.train_steps, ablations=["prunode_only", "prunode_block", "full"])
-        ablation = run(ab, work / "ablation", quiet=args.quiet)
-        results["nets"].update({k: v for k, v in ablation["nets"].items() if "[" in k})
-    RESULTS.mkdir(exist_ok=True)
-    for name in ("results.json", "results.md", "pareto.png"):
-        shutil.copyfile(work / "main" / name, RESULTS / f"proxy_pareto{Path(name).suffix if name != 'pareto.png' else '.png'}")
-    if args.ablation:
-        shutil.copyfile(work / "ablation" / "results.md", RESULTS / "proxy_pareto_ablation.md")
+        run(ab, work / "ablation", quiet=args.quiet)
+        for src, dst in (("results.json", "proxy_pareto_ablation.json"), ("results.md", "proxy_pareto_ablation.md")):
+            shutil.copyfile(work / "ablation" / src, RESULTS / dst)
     print((RESULTS / "proxy_pareto.md").read_text())
 
 
