@@ -174,12 +174,13 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [f"onnxruntime CPU, batch 1, {prov['threads']} thread(s), {prov['statistic']} of {prov['iters']} "
              f"interleaved runs; top-1 on Fashion-MNIST test images after the same training recipe "
              f"({results['config']['train_steps']} steps); {prov['device']}, {prov['date']}.", "",
-             "| network | kind | params (M) | predicted (ms) | measured (ms) | top-1 (%) |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| network | kind | params (M) | predicted (ms) | measured (ms) | top-1 (%) | search wall (s) "
+             "| search peak RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
         pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else ""
         lines.append(f"| {label} | {n['kind']} | {n['params_m']:.2f} | {pred} | {n['measured_ms']:.3f} | "
-                     f"{n['train']['top1']:.2f} |")
+                     f"{n['train']['top1']:.2f} | {n.get('search_wall_s') or ''} | {n.get('search_peak_rss_mb') or ''} |")
     return "\n".join(lines) + "\n"
 
 
