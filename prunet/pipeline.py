@@ -43,9 +43,9 @@ class PipelineConfig:
 
 # `make demo`: small enough for a few minutes on 2 CPU cores once the latency table exists.
 DEMO = PipelineConfig(
-    search_steps=40,
-    search_overrides=dict(warmup_steps=10, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=20),
-    train_steps=150, train_batch=64, train_limit=10000, eval_limit=2000, measure_iters=200,
+    search_steps=24,
+    search_overrides=dict(warmup_steps=6, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=12),
+    train_steps=80, train_batch=64, train_limit=10000, eval_limit=2000, measure_iters=200,
     baselines=["irb_uniform_w050", "irb_uniform_w075"],
 )
 
