@@ -44,8 +44,8 @@ class ConvSpec:
 
 
 @dataclass(frozen=True)
-class IRBSpec:
-    """Inverted bottleneck: 1×1 expand → k×k depthwise → optional SE → 1×1 project."""
+class _BottleneckSpec:
+    """Fields shared by the two inverted-bottleneck kinds (siblings, never parent and child)."""
 
     in_chs: int
     out_chs: int
@@ -56,7 +56,6 @@ class IRBSpec:
     se_chs: int = 0
     bn_eps: float = 1e-5
     padding: Padding = "symmetric"
-    type: Literal["irb"] = "irb"
 
     @property
     def has_residual(self) -> bool:
@@ -64,23 +63,17 @@ class IRBSpec:
 
 
 @dataclass(frozen=True)
-class FusedIRBSpec:
+class IRBSpec(_BottleneckSpec):
+    """Inverted bottleneck: 1×1 expand → k×k depthwise → optional SE → 1×1 project."""
+
+    type: Literal["irb"] = "irb"
+
+
+@dataclass(frozen=True)
+class FusedIRBSpec(_BottleneckSpec):
     """Fused inverted bottleneck (EdgeResidual / FusedMBConv): k×k expand → SE → 1×1 project."""
 
-    in_chs: int
-    out_chs: int
-    hidden_chs: int
-    kernel: int = 3
-    stride: int = 1
-    act: Activation = "relu"
-    se_chs: int = 0
-    bn_eps: float = 1e-5
-    padding: Padding = "symmetric"
     type: Literal["fused_irb"] = "fused_irb"
-
-    @property
-    def has_residual(self) -> bool:
-        return self.stride == 1 and self.in_chs == self.out_chs
 
 
 BlockSpec = Union[ConvSpec, IRBSpec, FusedIRBSpec]
