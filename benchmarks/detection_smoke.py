@@ -6,7 +6,7 @@ detection/train.py and detection/test.py in a subprocess, then CPU inference lat
 detector (preprocessing excluded, postprocessing included) is measured in this process, the two
 models interleaved so that machine load affects both alike.
 
-    python benchmarks/detection_smoke.py                 # 300 iterations each, ~30+ min on 2 cores
+    python benchmarks/detection_smoke.py                 # 200 iterations each, ~1 h on 2 busy cores
     python benchmarks/detection_smoke.py --iters 50      # quicker, noisier
 
 Writes benchmarks/results/detection_smoke.json (atomically) with the provenance of the run.
@@ -129,7 +129,7 @@ def _time_interleaved(models: dict, rounds: int, threads: int) -> dict[str, dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iters", type=int, default=300, help="training iterations per model (default 300)")
+    p.add_argument("--iters", type=int, default=200, help="training iterations per model (default 200)")
     p.add_argument("--scale", type=int, default=320, help="image scale for train/val/timing (default 320)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timing-rounds", type=int, default=3, help="passes over the val images when timing")

@@ -350,7 +350,7 @@ def test_train_retinanet_p0_on_trees_then_evaluate(trees, tmp_path):
     """A few CPU iterations on the real tree set: the loss falls and COCO bbox mAP is computed."""
     work = tmp_path / "work"
     config = CONFIGS / "trees" / "retinanet_prunet-p0_fpn_trees.py"
-    iters, scale = 20, "(256,256)"
+    iters, scale = 16, "(224,224)"
     opts = [f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
             "default_hooks.logger.interval=1", "log_processor.window_size=1",
             f"default_hooks.checkpoint.interval={iters}", "param_scheduler.0.end=3",

@@ -14,12 +14,17 @@ img_scale = (320, 320)
 
 # Random init (ImageNet weights are not downloadable on the build machines), all BN layers trained.
 # A CPU-sized neck/head (128 channels, 2 stacked convs instead of 256 and 4) keeps an iteration at
-# a few seconds on 2 cores; backbone comparisons use this same head. Detections are kept down to
-# score 0 (top 100 per image) so that mAP is defined even after a handful of iterations.
+# a few seconds on 2 cores; backbone comparisons use this same head. The head gets GroupNorm and
+# the optimizer is AdamW: with mmdet's plain head and SGD, training from scratch on this small set
+# collapsed to a constant prediction (ResNet-18: mAP 0.001 after 300 iterations, measured here); with GN +
+# AdamW it learns (bbox mAP_50 0.052 after 100 iterations, PruNet-P0, measured here).
+# Detections are kept down to score 0 (top 100 per image) so that mAP is defined even after a
+# handful of iterations.
 model = dict(
     backbone=dict(pretrained=None, frozen_stages=-1, norm_eval=False),
     neck=dict(out_channels=128),
-    bbox_head=dict(num_classes=1, in_channels=128, feat_channels=128, stacked_convs=2),
+    bbox_head=dict(num_classes=1, in_channels=128, feat_channels=128, stacked_convs=2,
+                   norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
     test_cfg=dict(score_thr=0.0))
 
 train_pipeline = [
@@ -66,11 +71,11 @@ test_evaluator = val_evaluator
 max_iters = 300
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=1e-4),
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=30),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=30, end=max_iters, eta_min=1e-5),
 ]
 optim_wrapper = dict(
-    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001),
+    optimizer=dict(_delete_=True, type='AdamW', lr=0.001, weight_decay=0.05),
     clip_grad=dict(max_norm=35, norm_type=2))
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
