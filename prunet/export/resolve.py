@@ -32,41 +32,25 @@ def is_onnx_path(spec: object) -> bool:
 
 
 def _create_model_fn():
-    """prunet.create_model when the zoo provides it, else timm.create_model.
+    """prunet.create_model: timm names, zoo names (registered with timm) and architecture JSONs."""
+    from prunet.zoo import create_model
 
-    The zoo registers its names with timm and extends create_model with architecture JSONs; until
-    it exists (or in a stripped install) timm alone still serves timm names.
-    """
-    try:
-        import prunet
-
-        fn = getattr(prunet, "create_model", None)
-        if callable(fn):
-            return fn
-    except ImportError:  # pragma: no cover - prunet itself always imports
-        pass
-    import timm
-
-    return timm.create_model
+    return create_model
 
 
 def _known_names() -> list[str]:
     import timm
 
-    try:
-        import prunet  # noqa: F401  (registers zoo names with timm when the zoo exists)
-    except ImportError:  # pragma: no cover
-        pass
+    import prunet.zoo  # noqa: F401  (registers the zoo's names with timm)
+
     return list(timm.list_models())
 
 
 def _is_model_name(name: str) -> bool:
     import timm
 
-    try:
-        import prunet  # noqa: F401
-    except ImportError:  # pragma: no cover
-        pass
+    import prunet.zoo  # noqa: F401
+
     return bool(timm.is_model(name))
 
 
