@@ -188,10 +188,6 @@ def test_bench_cli_errors(tmp_path, capsys):
 def test_export_then_bench_cli_on_p0(tmp_path, capsys):
     """The issue's acceptance path: export prunet_p0, then bench the ONNX file."""
     pytest.importorskip("onnxruntime")
-    import prunet
-
-    if "prunet_p0" not in prunet.list_models():
-        pytest.skip("zoo has no prunet_p0")
     onnx_path = tmp_path / "p0.onnx"
     assert _run(["export", "onnx", "prunet_p0", "--out", str(onnx_path), "--no-images",
                  "--json", str(tmp_path / "p0.json")]) == 0
