@@ -28,6 +28,7 @@ with the same architecture as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -165,6 +166,26 @@ def _allreduce_mean(tensors: list[torch.Tensor]) -> None:
         n = t.numel()
         t.copy_(flat[off:off + n].view_as(t).to(t.dtype))
         off += n
+
+
+@contextlib.contextmanager
+def _frozen(named: list[tuple[str, torch.Tensor]]):
+    """The other half of the alternating update: its parameters get no gradient meanwhile."""
+    for _, p in named:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for _, p in named:
+            p.requires_grad_(True)
+
+
+def _reduce_grads(named: list[tuple[str, torch.Tensor]]) -> None:
+    """Fill missing grads with zeros (every rank must all-reduce the same list) and average them."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in named]
+    for (_, p), g in zip(named, grads):
+        p.grad = g
+    _allreduce_mean(grads)
 
 
 def _state_hash(net: Supernet) -> str:
@@ -306,16 +327,10 @@ class Searcher:
         for g in self.w_opt.param_groups:
             g["lr"] = self.lr(step)
         self.w_opt.zero_grad(set_to_none=False)
-        for _, p in self.a_named:
-            p.requires_grad_(False)
-        loss = F.cross_entropy(net(x, self.tau(step), noise=True), y)
-        loss.backward()
-        for _, p in self.a_named:
-            p.requires_grad_(True)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self.w_named]
-        for (_, p), g in zip(self.w_named, grads):
-            p.grad = g
-        _allreduce_mean(grads)
+        with _frozen(self.a_named):
+            loss = F.cross_entropy(net(x, self.tau(step), noise=True), y)
+            loss.backward()
+        _reduce_grads(self.w_named)
         self.w_opt.step()
         return float(loss.detach())
 
@@ -324,19 +339,13 @@ class Searcher:
         x, y = self.val_stream.next()
         x, y = x.to(self.device), y.to(self.device)
         self.a_opt.zero_grad(set_to_none=False)
-        for _, p in self.w_named:
-            p.requires_grad_(False)
-        ce = F.cross_entropy(net(x, self.tau(step), noise=True), y)
-        pred = net.expected_ms()
-        goal = self.run.target_ms * (1.0 - cfg.target_margin)
-        loss = ce + cfg.latency_weight * F.relu(pred / goal - 1.0)
-        loss.backward()
-        for _, p in self.w_named:
-            p.requires_grad_(True)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self.a_named]
-        for (_, p), g in zip(self.a_named, grads):
-            p.grad = g
-        _allreduce_mean(grads)
+        with _frozen(self.w_named):
+            ce = F.cross_entropy(net(x, self.tau(step), noise=True), y)
+            pred = net.expected_ms()
+            goal = self.run.target_ms * (1.0 - cfg.target_margin)
+            loss = ce + cfg.latency_weight * F.relu(pred / goal - 1.0)
+            loss.backward()
+        _reduce_grads(self.a_named)
         self.a_opt.step()
         return float(ce.detach()), float(pred.detach())
 
