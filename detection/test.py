@@ -16,18 +16,14 @@ import sys
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from prunet.detection.tools import add_runner_args
 
     p = argparse.ArgumentParser(description="Test (and evaluate) a detector checkpoint")
     p.add_argument("config", help="test config file path")
     p.add_argument("checkpoint", help="checkpoint file (local path or hf-hub:org/repo[/file])")
     p.add_argument("--work-dir", help="where logs go (default: ./work_dirs/<config name>)")
     p.add_argument("--out-json", help="also write the metrics to this JSON file")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction,
-                   help="override config settings, key=value")
-    p.add_argument("--quiet", action="store_true", help="no dataset-build progress bars")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    add_runner_args(p)
     args = p.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args

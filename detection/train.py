@@ -16,7 +16,7 @@ import sys
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from prunet.detection.tools import add_runner_args
 
     p = argparse.ArgumentParser(description="Train a detector with a PruNet (or any mmdet) backbone")
     p.add_argument("config", help="train config file path")
@@ -24,11 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="automatic mixed precision (GPU)")
     p.add_argument("--resume", nargs="?", type=str, const="auto",
                    help="resume from this checkpoint, or without a path from the latest in --work-dir")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction,
-                   help="override config settings, key=value (e.g. train_cfg.max_iters=20)")
-    p.add_argument("--quiet", action="store_true", help="no dataset-build progress bars")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    add_runner_args(p)
     args = p.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args

@@ -87,3 +87,14 @@ def prepare_config(cfg: Any, quiet: bool = False) -> Any:
     resolve_dataset(cfg, quiet=quiet)
     sync_neck_channels(cfg, quiet=quiet)
     return cfg
+
+
+def add_runner_args(parser: Any) -> None:
+    """Options detection/train.py and detection/test.py share (as mmdet's own tools do)."""
+    from mmengine.config import DictAction
+
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override config settings, key=value (e.g. train_cfg.max_iters=20)")
+    parser.add_argument("--quiet", action="store_true", help="no dataset-build progress bars")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
