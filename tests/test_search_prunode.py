@@ -110,3 +110,39 @@ def test_exported_prunet_matches_collapsed_supernet(net):
     assert torch.allclose(model(x), net(x, hard=True), atol=1e-5)
     assert all(type(m).__name__ in ("InvertedResidual", "FusedInvertedResidual") for m in
                [model.stages[s][j] for s in range(len(model.stages)) for j in range(len(model.stages[s]))])
+
+
+def test_finalize_spends_the_budget_on_the_closest_calls(tiny_space, tiny_lut, tmp_path):
+    """Skip winning every skippable layer by a hair must not leave half the budget unused: the
+    final net keeps the closest-call layers while it fits, and never exceeds the target."""
+    from prunet.search.engine import RunSpec, SearchConfig, Searcher
+
+    from prunet.latency.lut import min_reachable_ms
+    from prunet.search.space import load_space
+
+    table, space = load_table(tiny_lut), load_space(tiny_space)
+    floor = min_reachable_ms(table, space)
+    s = Searcher(RunSpec(str(tiny_space), "fashion-mnist", 1.0, backend="torch", lut=str(tiny_lut),
+                         config=SearchConfig(steps=4, warmup_steps=0)), tmp_path)
+    s.net = Supernet(s.space, s.table)
+    skippable = [li for li, layer in s.net.layers.items() if SKIP in layer.names()]
+    assert skippable, "the tiny space must have skippable layers"
+    with torch.no_grad():
+        for i, li in enumerate(skippable):  # Skip wins each by a different small margin
+            s.net.layers[li].alpha[SKIP].fill_(0.1 + 0.05 * i)
+    argmax_ms = table.predict(s.net.derive("argmax"))
+    def runner_up_ms(li: str) -> float:  # block logits tie at 0: the first block, gate undecided
+        layer = s.net.layers[li]
+        node = layer.options[next(n for n in layer.names() if n != SKIP)]
+        return table.a * node.latency(node.hidden)
+
+    extra = {li: runner_up_ms(li) for li in skippable}
+    closest = skippable[0]
+    s.run.target_ms = argmax_ms + extra[closest] * 1.0001
+    events = s.finalize()
+    final_ms = table.predict(s.net.derive("final"))
+    assert final_ms <= s.run.target_ms + 1e-9
+    kept = [e for e in events if e["event"] == "final_keep_layer"]
+    assert [str(e["layer"]) for e in kept] == [closest]
+    assert final_ms > argmax_ms and str(closest) in s.net.layers
+    assert floor <= final_ms

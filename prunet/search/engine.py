@@ -610,13 +610,17 @@ class Searcher:
     # -------------------------------------------------------------- finalisation
 
     def finalize(self) -> list[dict[str, Any]]:
-        """Collapse to one choice per layer and prune until the prediction is ≤ the target."""
+        """Collapse to one choice per layer, fill the budget, then prune until the prediction is ≤ T."""
         net, table, target = self.net, self.table, self.run.target_ms
         events: list[dict[str, Any]] = []
+        keep = self._fill_budget()
         for li in list(net.layers):
             layer = net.layers[li]
             names = layer.names()
             best = names[int(torch.argmax(layer.logits().detach()))]
+            if best == SKIP and keep.get(li) == "layer":
+                best = max((n for n in names if n != SKIP), key=lambda n: layer.probs()[n])
+                events.append({"event": "final_keep_layer", "layer": int(li), "option": best})
             if best == SKIP:
                 net.remove_layer(int(li))
                 continue
@@ -625,7 +629,12 @@ class Searcher:
                     layer.remove_option(n)
             node = layer.options[best]
             if node.gated and float(node.probs().detach()[0]) > 0.5:
-                node.commit()
+                if keep.get(li) == "width":
+                    with torch.no_grad():
+                        node.beta.zero_()  # undecided gate: `derive` keeps width c
+                    events.append({"event": "final_keep_width", "layer": int(li), "hidden": node.hidden})
+                else:
+                    node.commit()
         while True:
             spec = net.derive("final")
             pred = table.predict(spec)
@@ -676,6 +685,41 @@ class Searcher:
                 layer.remove_option(n)
         return events
 
+    def _fill_budget(self) -> dict[str, str]:
+        """Layers whose runner-up choice the final network keeps because the budget allows it:
+        ``"layer"`` (its best block although Skip won) or ``"width"`` (``c`` although the gate
+        preferred ``c − s``).
+
+        The argmax of a soft distribution can land well under the target: Skip may win a layer by
+        a hair, or a gate prefer the small width narrowly, and the expected latency the penalty
+        drove to ``T′`` counted those layers partly. Spending the rest of the budget on the
+        closest calls (highest runner-up / winner probability ratio first) keeps the result near
+        the target it was searched for, using only weights the supernet trained."""
+        net, table, target = self.net, self.table, self.run.target_ms
+        options = []  # (runner-up / winner probability, extra raw ms, layer)
+        for li, layer in net.layers.items():
+            probs = layer.probs()
+            best = max(probs, key=probs.get)
+            if best == SKIP:
+                blocks = [n for n in probs if n != SKIP]
+                if blocks:
+                    alt = max(blocks, key=probs.get)
+                    node = layer.options[alt]
+                    width = node.hidden - node.s if node.gated and float(node.probs().detach()[0]) > 0.5 else node.hidden
+                    options.append((probs[alt] / probs[SKIP], node.latency(width), li, "layer"))
+                continue
+            node = layer.options[best]
+            if node.gated and float(node.probs().detach()[0]) > 0.5:
+                p_small, p_big = (float(v) for v in node.probs().detach())
+                options.append((p_big / p_small, node.latency(node.hidden) - node.latency(node.hidden - node.s), li, "width"))
+        pred = table.predict(net.derive("argmax"))  # what ``choices`` gives: argmax and gate widths
+        keep: dict[str, str] = {}
+        for _, cost, li, what in sorted(options, key=lambda o: -o[0]):
+            if pred + table.a * cost <= target:
+                pred += table.a * cost
+                keep[li] = what
+        return keep
+
     def finish(self) -> dict[str, Any]:
         final_events = self.finalize()
         pred = self.table.predict(self.net.derive("final"))
@@ -686,7 +730,8 @@ class Searcher:
             "seed": self.run.seed, "steps": self.cfg.steps, "data": self.run.data,
             "predicted_ms": round(pred, 6), "world_size": self.world,
             "events": {k: sum(1 for e in self.events + final_events if e["event"] == k)
-                       for k in ("commit", "delete_block", "remove_layer", "final_shrink", "final_skip", "final_replace")},
+                       for k in ("commit", "delete_block", "remove_layer", "final_shrink", "final_skip", "final_replace",
+                                 "final_keep_layer", "final_keep_width")},
         }
         spec = self.net.derive(f"{self.space.name}-search-{self.run.target_ms:g}ms",
                                Provenance(source="prunet.search", details=details))
