@@ -88,7 +88,7 @@ def test_engine_slices_optimizer_state_with_the_tensors(tiny_space, tiny_lut, tm
     node = s.net.layers["0"].options["ir_k3_relu"]
     with torch.no_grad():
         node.beta.copy_(torch.tensor([5.0, -5.0]))
-    s.counters[f"g:0.ir_k3_relu"] = s.cfg.prunode_window - 1
+    s.counters["g:0.ir_k3_relu"] = s.cfg.prunode_window - 1
     events = s._decide(0)
     assert any(e["event"] == "commit" and e["layer"] == 0 for e in events)
     for n, p in s.w_named:

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import timm
 
-CACHE = Path(os.environ.get("PRUNET_CACHE", Path.home() / ".cache" / "prunet")) / "timm-tests"
+from prunet._cache import cache_dir
+
+CACHE = cache_dir() / "timm-tests"
 
 
 def timm_tests_dir() -> Path:

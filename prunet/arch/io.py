@@ -11,9 +11,9 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from prunet.arch.spec import (
     ACTIVATIONS,

@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from prunet._cache import cache_dir
 from typing import Any, Sequence
 
 import torch
@@ -30,10 +32,6 @@ FASHION_MNIST_CLASSES = 10
 
 class DataError(ValueError):
     """A data source is missing or malformed; the message says what and how to fix it."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PRUNET_CACHE", Path.home() / ".cache" / "prunet"))
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST

@@ -33,6 +33,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunet._cache import cache_dir
+
 __all__ = [
     "CocoSplits",
     "DEEPFOREST_WHEEL",
@@ -94,9 +96,8 @@ class CocoSplits:
 
 
 def default_data_dir() -> Path:
-    """``$PRUNET_DATA_DIR`` or ``~/.cache/prunet/data`` (outside the clone, shared by sessions)."""
-    env = os.environ.get("PRUNET_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "prunet" / "data"
+    """``$PRUNET_CACHE/data`` (``~/.cache/prunet/data``): outside the clone, shared by sessions."""
+    return cache_dir() / "data"
 
 
 def _sha256(path: Path) -> str:

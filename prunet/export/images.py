@@ -18,6 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from prunet._cache import cache_dir
+
 import torch
 from torch import nn
 
@@ -32,15 +34,8 @@ class ImagesUnavailableError(RuntimeError):
     """The foolbox wheel could not be fetched or did not hold the expected images."""
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("PRUNET_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "prunet"
-    )
-    return Path(root) / "data"
-
-
 def images_dir() -> Path:
-    return cache_dir() / f"foolbox-{FOOLBOX_VERSION}-imagenet"
+    return cache_dir() / "data" / f"foolbox-{FOOLBOX_VERSION}-imagenet"
 
 
 def _sha256(path: Path) -> str:

@@ -40,15 +40,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from prunet.arch import Latency, Provenance, save
+from prunet._cache import cache_dir
 from prunet.arch.io import atomic_write_text
-from prunet.latency.lut import LatencyTable, LutError, block_key, min_reachable_ms
+from prunet.latency.lut import LatencyTable, block_key, min_reachable_ms
 from prunet.search.space import SearchSpace, load_space
 from prunet.search.supernet import SKIP, Prunode, Supernet, select_channels
 
@@ -210,8 +211,6 @@ def _peak_rss_mb() -> float:
 
 
 def default_lut_path(space: SearchSpace, backend: str, threads: int) -> Path:
-    from prunet.data.classification import cache_dir
-
     return cache_dir() / "luts" / f"{space.name}-{space.hash}-{backend}-{threads}t.json"
 
 

@@ -14,7 +14,6 @@ def plot_run(log: str | os.PathLike, out: str | os.PathLike, target_ms: float | 
     import matplotlib.pyplot as plt
 
     recs = [json.loads(ln) for ln in Path(log).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    steps = [r["step"] for r in recs]
     keys = sorted({k for r in recs for k in r["widths"]}, key=lambda k: (int(k.split(".")[0]), k))
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     for k in keys:

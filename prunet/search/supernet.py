@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunet.arch import ArchSpec, ConvSpec, Provenance
+from prunet.arch import ArchSpec, Provenance
 from prunet.latency.lut import LatencyTable, block_key
 from prunet.nn import ClassifierHead, ConvBnAct, InvertedResidual, build_block
 from prunet.search.space import Candidate, LayerSlot, SearchSpace
