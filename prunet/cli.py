@@ -192,11 +192,11 @@ def add_zoo_commands(sub: Any) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Small-scale run of prunet.pipeline (benchmarks/proxy_pareto.py is the full-size one)."""
+    from dataclasses import replace
+
     from prunet.pipeline import DEMO, run
 
-    cfg = DEMO
-    if args.target_ms:
-        cfg.targets_ms = [args.target_ms]
+    cfg = replace(DEMO, targets_ms=[args.target_ms]) if args.target_ms else DEMO
     console.print(f"[bold]prunet demo[/bold]: search on {cfg.space} (Fashion-MNIST), train, export, measure; "
                   f"outputs in {args.out}/")
     results = run(cfg, args.out, quiet=args.quiet)

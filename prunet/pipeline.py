@@ -31,7 +31,8 @@ class PipelineConfig:
     baselines: list[str] = field(default_factory=lambda: ["irb_uniform_w050", "irb_uniform_w075", "gpunet_like_s"])
     search_steps: int = 120
     search_overrides: dict[str, Any] = field(default_factory=dict)  # SearchConfig fields
-    ablations: list[str] = field(default_factory=list)  # of: prunode_only, prunode_block, full
+    ablations: list[str] = field(default_factory=list)  # extra variants: prunode_only, prunode_block
+    ablation_target_ms: float | None = None  # where the extra variants are searched (None: middle target)
     train_steps: int = 300
     train_batch: int = 128
     train_limit: int | None = 20000
@@ -41,16 +42,21 @@ class PipelineConfig:
     seed: int = 0
 
 
+# Searches of a few dozen steps: the logits must move faster and decisions come sooner than in
+# the default 300-step schedule, or finalisation (not the search) ends up choosing the widths.
+SHORT_SEARCH = dict(arch_lr=0.1, prunode_window=3, block_window=6, layer_window=6)
+
 # `make demo`: small enough for a few minutes on 2 CPU cores once the latency table exists.
 DEMO = PipelineConfig(
     search_steps=24,
-    search_overrides=dict(warmup_steps=6, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=12),
+    search_overrides=dict(warmup_steps=6, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=12,
+                          **SHORT_SEARCH),
     train_steps=80, train_batch=64, train_limit=10000, eval_limit=2000, measure_iters=200,
     baselines=["irb_uniform_w050", "irb_uniform_w075"],
 )
 
 ABLATIONS = {
-    # Tier 2 off: candidates never deleted (threshold 0 is unreachable); tier 3 off likewise.
+    # Tier 2 off: candidates never deleted (the threshold is unreachable); tier 3 off likewise.
     "prunode_only": {"block_threshold": 1e-9, "layer_threshold": 1 - 1e-9},
     "prunode_block": {"layer_threshold": 1 - 1e-9},
     "full": {},
@@ -72,6 +78,9 @@ def _train(arch_path: Path, cfg: PipelineConfig, out: Path, quiet: bool) -> dict
                      train_limit=cfg.train_limit, eval_limit=cfg.eval_limit, seed=cfg.seed,
                      warmup_steps=min(50, cfg.train_steps // 10), checkpoint_every=max(cfg.train_steps, 1))
     if (out / "summary.json").is_file():  # finished earlier: reuse (the demo can be rerun cheaply)
+        if json.loads((out / "train_config.json").read_text()) != tc.to_json():
+            raise ValueError(f"{out}: holds a training with other settings than this run asks for; "
+                             "remove it or choose another output folder")
         return json.loads((out / "summary.json").read_text())
     result = train(tc, out, resume=(out / "checkpoint.pt").is_file(), quiet=quiet)
     return {"top1": result.top1, "steps": result.steps, "wall_s": result.wall_s}
@@ -86,12 +95,43 @@ def _export(arch_path: Path, weights: Path, onnx_path: Path) -> dict[str, Any]:
     return {"onnx": str(onnx_path), "max_rel_err": report.max_rel}
 
 
+def _search(spec: Any, run_dir: Path, quiet: bool) -> dict[str, Any]:
+    """One search in a fresh process, so its wall time and peak memory are its own (``ru_maxrss``
+    of a process that ran earlier searches or trainings would report theirs); a finished run is
+    reused, an interrupted one resumed."""
+    import multiprocessing
+
+    asked = json.loads(json.dumps(spec.to_dict()))
+    if (run_dir / "run.json").is_file() and json.loads((run_dir / "run.json").read_text()) != asked:
+        raise ValueError(f"{run_dir}: holds a search with other settings than this run asks for; "
+                         "remove it or choose another output folder")
+    if not (run_dir / "summary.json").is_file():
+        ctx = multiprocessing.get_context("spawn")
+        proc = ctx.Process(target=_search_child, args=(spec.to_dict(), str(run_dir), quiet))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"search for {run_dir.name} failed (exit code {proc.exitcode}); "
+                               f"its log is {run_dir / 'log.jsonl'}")
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _search_child(spec: dict[str, Any], run_dir: str, quiet: bool) -> None:
+    from prunet.search import RunSpec
+    from prunet.search.engine import resume_search, run_search
+
+    if (Path(run_dir) / "run.json").is_file():
+        resume_search(run_dir, quiet=quiet)
+    else:
+        run_search(RunSpec.from_dict(spec), run_dir, quiet=quiet)
+
+
 def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, Any]:
     """Run the whole comparison; writes results.json, results.md and pareto.png into ``out``."""
     from prunet.latency import Candidate, measure_interleaved
     from prunet.latency.lut import Measurer
     from prunet.search import RunSpec, SearchConfig, load_space
-    from prunet.search.engine import resume_search, run_search
+    from prunet.search.engine import ensure_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,25 +150,20 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
     if not targets:
         ref = load(baseline_path(cfg.target_from))
         targets = [round(measurer.whole(ref), 4)]
-    searches = []
+    lut = ensure_table(space, "onnxruntime", cfg.latency_threads, quiet=quiet)
+    ablation_at = cfg.ablation_target_ms or sorted(targets)[len(targets) // 2]
     for target in targets:
-        for ablation in (cfg.ablations or ["full"]):
-            label = f"searched@{target:g}ms" + ("" if ablation == "full" else f"[{ablation}]")
-            run_dir = out / "search" / label.replace("@", "_").replace("[", "_").replace("]", "")
-            overrides = {**cfg.search_overrides, **ABLATIONS[ablation]}
-            sc = SearchConfig(steps=cfg.search_steps, **overrides)
-            spec = RunSpec(space=cfg.space, data=cfg.data, target_ms=float(target), seed=cfg.seed,
+        variants = ["full"] + (list(cfg.ablations) if target == ablation_at else [])
+        for variant in variants:
+            label = f"searched@{target:g}ms" + ("" if variant == "full" else f"[{variant}]")
+            run_dir = out / "search" / _slug(label)
+            sc = SearchConfig(steps=cfg.search_steps, **{**cfg.search_overrides, **ABLATIONS[variant]})
+            spec = RunSpec(space=cfg.space, data=cfg.data, target_ms=float(target), seed=cfg.seed, lut=str(lut),
                            latency_threads=cfg.latency_threads, config=sc)
-            if (run_dir / "summary.json").is_file():
-                summary = json.loads((run_dir / "summary.json").read_text())
-            elif (run_dir / "run.json").is_file():
-                summary = resume_search(run_dir, quiet=quiet)
-            else:
-                summary = run_search(spec, run_dir, quiet=quiet)
+            summary = _search(spec, run_dir, quiet)
             nets[label] = {"kind": "searched", "arch": str(run_dir / "arch.json"), "target_ms": target,
-                           "ablation": ablation, "predicted_ms": summary.get("predicted_ms"),
+                           "ablation": variant, "predicted_ms": summary.get("predicted_ms"),
                            "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb")}
-            searches.append(label)
 
     for label, net in tqdm(nets.items(), desc="train", disable=quiet):
         run_dir = out / "train" / _slug(label)
@@ -191,8 +226,12 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for kind, marker, color in (("baseline", "o", "tab:gray"), ("searched", "*", "tab:red")):
-        pts = [(n["measured_ms"], n["train"]["top1"], label) for label, n in results["nets"].items() if n["kind"] == kind]
+    def group(n: dict[str, Any]) -> str:
+        return n["kind"] if n.get("ablation", "full") == "full" else "searched, ablation"
+
+    for kind, marker, color in (("baseline", "o", "tab:gray"), ("searched", "*", "tab:red"),
+                                ("searched, ablation", "x", "tab:blue")):
+        pts = [(n["measured_ms"], n["train"]["top1"], label) for label, n in results["nets"].items() if group(n) == kind]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=90, color=color, label=kind)
             for x, y, label in pts:

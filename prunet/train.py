@@ -62,6 +62,12 @@ class TrainConfig:
     amp: bool = True  # only takes effect on CUDA
     threads: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``train_config.json`` holds (compared as JSON, so tuples become lists first)."""
+        d = asdict(self)
+        d["input_size"] = list(self.input_size) if self.input_size else None
+        return d
+
     def check(self) -> None:
         if self.steps < 1:
             raise TrainError(f"steps: expected >= 1, got {self.steps}")
@@ -202,12 +208,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def _config_json(cfg: TrainConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    d["input_size"] = list(cfg.input_size) if cfg.input_size else None
-    return d
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -228,12 +228,12 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
         if resume:
             if not ckpt_path.is_file():
                 raise TrainError(f"{ckpt_path}: no checkpoint to resume from")
-            if json.loads(saved.read_text()) != _config_json(cfg):
+            if json.loads(saved.read_text()) != cfg.to_json():
                 raise TrainError(f"{saved}: the run was started with a different config; resume with the same one")
         else:
             if ckpt_path.exists():
                 raise TrainError(f"{run}: already holds a training run; resume it or choose another --out")
-            saved.write_text(json.dumps(_config_json(cfg), indent=1) + "\n")
+            saved.write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
 
     input_size = tuple(cfg.input_size or native_input_size(cfg.model))
     try:

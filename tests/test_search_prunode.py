@@ -146,3 +146,22 @@ def test_finalize_spends_the_budget_on_the_closest_calls(tiny_space, tiny_lut, t
     assert [str(e["layer"]) for e in kept] == [closest]
     assert final_ms > argmax_ms and str(closest) in s.net.layers
     assert floor <= final_ms
+
+
+def test_proportional_shrink_step_stays_on_the_width_grid_and_stops_at_min():
+    from prunet.search.supernet import Prunode
+
+    space = from_dict({**TINY_SPACE, "candidates": [{"type": "irb", "kernel": 3, "max_expansion": 6, "min_hidden": 16}]})
+    slot = space.layers()[-1]  # 24 → 24 channels: hidden 16..144
+    cand = slot.candidates[0]
+    node = Prunode(slot, cand, step=8, shrink=8, shrink_fraction=0.3)
+    widths = [node.hidden]
+    while node.gated:
+        node.commit()
+        widths.append(node.hidden)
+    assert widths[0] == 144 and widths[1] == 144 - 40  # round(0.3·144 / 8)·8 = 40 (fixed step: 8)
+    assert widths[-1] == node.min_hidden == 16
+    assert all((w - 16) % 8 == 0 for w in widths)
+    assert all(a - b >= 8 for a, b in zip(widths, widths[1:]))
+    fixed = Prunode(slot, cand, step=8, shrink=8)
+    assert fixed.s == 8 and len(widths) < (144 - 16) // 8

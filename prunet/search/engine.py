@@ -77,7 +77,8 @@ class SearchConfig:
     tau_end: float = 0.5             # ... to this at the last step
     latency_weight: float = 4.0      # λ of the hinge penalty
     target_margin: float = 0.03      # aim E[lat] at T·(1 − margin): finalisation then has little to cut
-    shrink_step: int = 0             # Prunode step s in channels (0 = the space's width_step)
+    shrink_step: int = 0             # Prunode step s in channels (0 = the space's width_step) ...
+    shrink_fraction: float = 0.125   # ... or this share of the current width, if larger (0 = fixed s)
     prunode_threshold: float = 0.6   # commit when p_small stays above this ...
     prunode_window: int = 5          # ... for this many consecutive steps
     block_threshold: float = 0.08    # delete a candidate whose probability stays below this ...
@@ -107,6 +108,8 @@ class SearchConfig:
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
                 raise SearchError(f"{name}: expected a probability in (0, 1), got {v}")
+        if not 0.0 <= self.shrink_fraction < 1.0:
+            raise SearchError(f"shrink_fraction: expected a share in [0, 1), got {self.shrink_fraction}")
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise SearchError("tau_start and tau_end must be positive")
 
@@ -214,6 +217,20 @@ def default_lut_path(space: SearchSpace, backend: str, threads: int) -> Path:
     return cache_dir() / "luts" / f"{space.name}-{space.hash}-{backend}-{threads}t.json"
 
 
+def ensure_table(space: SearchSpace, backend: str = "onnxruntime", threads: int = 1, quiet: bool = False) -> Path:
+    """The cached latency table of ``space`` on this machine (``$PRUNET_CACHE/luts``), measured
+    now if there is none yet; returns its path."""
+    from prunet.latency.lut import Measurer, build_table
+
+    path = default_lut_path(space, backend, threads)
+    if not path.exists():
+        if not quiet:
+            print(f"no latency table given: measuring one for {space.name!r} on {backend} "
+                  f"({threads} thread(s)) into {path}", file=sys.stderr)
+        build_table(space, Measurer(backend=backend, threads=threads), progress=not quiet).save(path)
+    return path
+
+
 # ----------------------------------------------------------------------------- the searcher
 
 
@@ -247,20 +264,13 @@ class Searcher:
     # -------------------------------------------------------------- setup
 
     def _load_or_build_table(self) -> LatencyTable:
-        from prunet.latency.lut import Measurer, build_table, load_table
+        from prunet.latency.lut import load_table
 
         if self.run.lut:
             return load_table(self.run.lut)
         path = default_lut_path(self.space, self.run.backend, self.run.latency_threads)
-        if path.exists():
-            return load_table(path)
         if self.rank == 0:
-            if not self.quiet:
-                print(f"no latency table given: measuring one for {self.space.name!r} on {self.run.backend} "
-                      f"({self.run.latency_threads} thread(s)) into {path}", file=sys.stderr)
-            table = build_table(self.space, Measurer(backend=self.run.backend, threads=self.run.latency_threads),
-                                progress=not self.quiet)
-            table.save(path)
+            ensure_table(self.space, self.run.backend, self.run.latency_threads, quiet=self.quiet)
         if self.world > 1:
             dist.barrier()
         return load_table(path)
@@ -281,7 +291,7 @@ class Searcher:
 
     def _build(self) -> None:
         torch.manual_seed(self.run.seed)  # identical initial weights on every rank
-        self.net = Supernet(self.space, self.table, self.cfg.shrink_step or None).to(self.device)
+        self.net = Supernet(self.space, self.table, self.cfg.shrink_step or None, self.cfg.shrink_fraction).to(self.device)
         self.counters: dict[str, int] = {}
         self.step = 0
         self._make_optimizers({}, {})

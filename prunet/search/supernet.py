@@ -70,12 +70,12 @@ class Prunode(nn.Module):
     """An inverted-bottleneck candidate searching its hidden width by big/small gating."""
 
     def __init__(self, slot: LayerSlot, cand: Candidate, step: int, shrink: int,
-                 lut: dict[int, float] | None = None, hidden: int | None = None):
+                 lut: dict[int, float] | None = None, hidden: int | None = None, shrink_fraction: float = 0.0):
         super().__init__()
         self.slot, self.cand = slot, cand
         widths = slot.hidden_widths(cand, step)
         self.min_hidden = widths[0]
-        self.s = shrink
+        self.step, self.shrink, self.shrink_fraction = step, shrink, shrink_fraction
         self.lut = lut or {}
         self.beta = nn.Parameter(torch.zeros(2))  # logits of (small, big)
         self.block: nn.Module = build_block(slot.block_spec(cand, hidden or widths[-1]))
@@ -102,9 +102,20 @@ class Prunode(nn.Module):
         return self.block.spec.hidden_chs
 
     @property
+    def s(self) -> int:
+        """Channels the small path drops. A fixed step needs (c_max − c_min)/s commits to go all
+        the way down — hundreds of steps for wide blocks — so ``shrink_fraction`` makes it a share
+        of the current width (on the space's width grid): big cuts while wide, fine ones near the
+        end. Never past ``min_hidden``."""
+        s = self.shrink
+        if self.shrink_fraction:
+            s = max(s, round(self.hidden * self.shrink_fraction / self.step) * self.step)
+        return min(s, self.hidden - self.min_hidden)
+
+    @property
     def gated(self) -> bool:
         """True while a smaller width is still reachable."""
-        return self.hidden - self.s >= self.min_hidden
+        return self.s > 0
 
     def probs(self) -> torch.Tensor:
         """(p_small, p_big) without noise: what decisions and expected latency use."""
@@ -164,10 +175,12 @@ class Prunode(nn.Module):
 class StochasticLayer(nn.Module):
     """Candidates (and Skip) mixed by a Gumbel-softmax over logits α."""
 
-    def __init__(self, slot: LayerSlot, space: SearchSpace, shrink: int, table: LatencyTable | None):
+    def __init__(self, slot: LayerSlot, space: SearchSpace, shrink: int, table: LatencyTable | None,
+                 shrink_fraction: float = 0.0):
         super().__init__()
         self.slot = slot
         self.options_shrink = shrink
+        self.shrink_fraction = shrink_fraction
         self.options = nn.ModuleDict()
         self.alpha = nn.ParameterDict()
         for cand in slot.candidates:
@@ -176,7 +189,7 @@ class StochasticLayer(nn.Module):
                 for w in slot.hidden_widths(cand, space.width_step):
                     spec = slot.block_spec(cand, w)
                     lut[w] = table.lookup(block_key(spec, slot.in_hw), f"layer {slot.index} {cand.name} h={w}")
-            self.options[cand.name] = Prunode(slot, cand, space.width_step, shrink, lut)
+            self.options[cand.name] = Prunode(slot, cand, space.width_step, shrink, lut, shrink_fraction=shrink_fraction)
             self.alpha[cand.name] = nn.Parameter(torch.zeros(()))
         if slot.skippable:
             self.alpha[SKIP] = nn.Parameter(torch.zeros(()))
@@ -219,7 +232,8 @@ class StochasticLayer(nn.Module):
                for w in self.slot.hidden_widths(cand, space.width_step)}
         dev = next(self.options[name].parameters()).device
         self.remove_option(name)
-        self.options[cand.name] = Prunode(self.slot, cand, space.width_step, self.options_shrink, lut, hidden).to(dev)
+        self.options[cand.name] = Prunode(self.slot, cand, space.width_step, self.options_shrink, lut, hidden,
+                                          self.shrink_fraction).to(dev)
         self.alpha[cand.name] = nn.Parameter(torch.zeros((), device=dev))
 
     def remove_option(self, name: str) -> None:
@@ -231,12 +245,14 @@ class StochasticLayer(nn.Module):
 class Supernet(nn.Module):
     """Stem → stochastic layers → head, with the space's latency table attached."""
 
-    def __init__(self, space: SearchSpace, table: LatencyTable | None = None, shrink: int | None = None):
+    def __init__(self, space: SearchSpace, table: LatencyTable | None = None, shrink: int | None = None,
+                 shrink_fraction: float = 0.0):
         super().__init__()
         self.space = space
         self.shrink = shrink or space.width_step
         self.stem = nn.Sequential(*[ConvBnAct(c) for c in space.stem])
-        self.layers = nn.ModuleDict({str(s.index): StochasticLayer(s, space, self.shrink, table) for s in space.layers()})
+        self.layers = nn.ModuleDict({str(s.index): StochasticLayer(s, space, self.shrink, table, shrink_fraction)
+                                     for s in space.layers()})
         self.head = ClassifierHead(space.head)
         self.table = table
         self.fixed_ms = 0.0
