@@ -200,8 +200,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"[bold]prunet demo[/bold]: search on {cfg.space} (Fashion-MNIST), train, export, measure; "
                   f"outputs in {args.out}/")
     results = run(cfg, args.out, quiet=args.quiet)
-    table = Table(title=f"measured on this machine (onnxruntime CPU, {results['provenance']['threads']} thread, "
-                        f"{results['provenance']['statistic']} of {cfg.measure_iters} runs)")
+    prov = results["provenance"]
+    table = Table(title=f"measured on this machine (onnxruntime CPU, {prov['threads']} thread, {prov['statistic']} of "
+                        f"{prov['rounds']} interleaved rounds × {prov['burst']} runs)")
     for col in ("network", "kind", "params (M)", "predicted (ms)", "measured (ms)", "top-1 (%)"):
         table.add_column(col)
     for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):

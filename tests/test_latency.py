@@ -114,6 +114,12 @@ def test_interleaved_turns_the_order_and_disables_spinning(onnx_file, monkeypatc
     assert out["ort"].settings["allow_spinning"] is False
     assert out["ort"].settings["interleaved_with"] == ["torch"]
     assert out["torch"].n == out["ort"].n == 4
+    calls.clear()
+    out = measure_interleaved([Candidate("torch", _net(), SHAPE, "torch"),
+                               Candidate("ort", onnx_file, SHAPE, "onnxruntime")],
+                              warmup=0, iters=2, threads=1, burst=3)
+    assert calls == ["torch"] * 4 + ["ort"] * 4 + ["ort"] * 4 + ["torch"] * 4  # 1 unrecorded + 3 per turn
+    assert out["torch"].n == out["ort"].n == 6 and out["ort"].settings["burst"] == 3
 
 
 def test_errors_are_clear(onnx_file, tmp_path):

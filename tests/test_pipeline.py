@@ -32,7 +32,7 @@ def tiny_run(tiny_space, tmp_path_factory):  # noqa: F811
         search_steps=6, search_overrides=dict(warmup_steps=2, batch_size=16, train_limit=400, eval_images=50,
                                               threads=1, prunode_window=1, block_window=2, layer_window=2),
         ablations=["prunode_only"], train_steps=6, train_batch=16, train_limit=300, eval_limit=100,
-        measure_iters=20)
+        measure_iters=4, measure_burst=3, measure_cold_iters=5)
     out = tmp_path_factory.mktemp("pipeline")
     results = run(cfg, out, quiet=True)
     yield cfg, out, results, cache
@@ -50,7 +50,8 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
     assert set(nets) == {next(iter(cfg.baselines)), f"searched@{target:g}ms", f"searched@{target:g}ms[prunode_only]"}
     floor = min_reachable_ms(table, load_space(tiny_space))
     for label, n in nets.items():
-        assert n["measured_ms"] > 0 and 0 <= n["train"]["top1"] <= 100 and n["params_m"] > 0, label
+        assert n["measured_ms"] > 0 and n["measured_cold_ms"] > 0, label
+        assert 0 <= n["train"]["top1"] <= 100 and n["params_m"] > 0, label
         assert Path(n["export"]["onnx"]).is_file()
         if n["kind"] == "searched":
             assert floor <= n["predicted_ms"] <= max(target, floor) + 1e-9, label
@@ -59,7 +60,8 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
     assert ablation["events"]["delete_block"] == 0 and ablation["events"]["remove_layer"] == 0
     assert (out / "pareto.png").stat().st_size > 0
     md = (out / "results.md").read_text()
-    assert "prunode_only" in md and "measured (ms)" in md
+    assert "prunode_only" in md and "measured (ms)" in md and "4 interleaved rounds × 3" in md
+    assert results["provenance"]["iters"] == 12
 
 
 def test_rerun_reuses_finished_runs_and_refuses_changed_settings(tiny_run):
