@@ -26,14 +26,17 @@ def main() -> None:
                    help="latency targets (default: measured latency of the three uniform baselines)")
     p.add_argument("--search-steps", type=int, default=50)
     p.add_argument("--train-steps", type=int, default=150)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="search seed (and first training seed)")
+    p.add_argument("--train-seeds", type=int, nargs="*", default=None,
+                   help="train every net once per seed and report mean ± SD (default: just --seed; each extra "
+                        "seed adds ~15 min on 2 CPU cores)")
     p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
                    help="also search with Prunode only and Prunode + block pruning at the middle target")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
 
     cfg = PipelineConfig(
-        targets_ms=args.targets_ms, baselines=BASELINES, seed=args.seed,
+        targets_ms=args.targets_ms, baselines=BASELINES, seed=args.seed, train_seeds=args.train_seeds,
         search_steps=args.search_steps,
         search_overrides=dict(warmup_steps=max(args.search_steps // 4, 1), batch_size=16, train_limit=6000,
                               eval_images=500, checkpoint_every=20, **SHORT_SEARCH),

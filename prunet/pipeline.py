@@ -42,6 +42,7 @@ class PipelineConfig:
     measure_burst: int = 10
     measure_cold_iters: int = 100  # also: rounds of one run per net (caches hold the other nets' weights)
     seed: int = 0
+    train_seeds: list[int] | None = None  # train every net once per seed (None: [seed]); top-1 is their mean
 
 
 # Searches of a few dozen steps: the logits must move faster and decisions come sooner than in
@@ -73,17 +74,18 @@ def baseline_path(name: str) -> Path:
     return Path(str(resources.files("prunet.zoo_data").joinpath("proxy", f"{name}.json")))
 
 
-def _train(arch_path: Path, cfg: PipelineConfig, out: Path, quiet: bool) -> dict[str, Any]:
+def _train(arch_path: Path, cfg: PipelineConfig, out: Path, quiet: bool, seed: int) -> dict[str, Any]:
     from prunet.train import TrainConfig, train
 
     tc = TrainConfig(model=str(arch_path), data=cfg.data, steps=cfg.train_steps, batch_size=cfg.train_batch,
-                     train_limit=cfg.train_limit, eval_limit=cfg.eval_limit, seed=cfg.seed,
+                     train_limit=cfg.train_limit, eval_limit=cfg.eval_limit, seed=seed,
                      warmup_steps=min(50, cfg.train_steps // 10), checkpoint_every=max(cfg.train_steps, 1))
     if (out / "summary.json").is_file():  # finished earlier: reuse (the demo can be rerun cheaply)
         if json.loads((out / "train_config.json").read_text()) != tc.to_json():
             raise ValueError(f"{out}: holds a training with other settings than this run asks for; "
                              "remove it or choose another output folder")
-        return json.loads((out / "summary.json").read_text())
+        done = json.loads((out / "summary.json").read_text())
+        return {k: done[k] for k in ("top1", "steps", "wall_s")}
     result = train(tc, out, resume=(out / "checkpoint.pt").is_file(), quiet=quiet)
     return {"top1": result.top1, "steps": result.steps, "wall_s": result.wall_s}
 
@@ -167,10 +169,20 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
                            "ablation": variant, "predicted_ms": summary.get("predicted_ms"),
                            "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb")}
 
-    for label, net in tqdm(nets.items(), desc="train", disable=quiet):
-        run_dir = out / "train" / _slug(label)
-        net["train"] = _train(Path(net["arch"]), cfg, run_dir, quiet=True)
-        net["export"] = _export(Path(net["arch"]), run_dir / "model.safetensors", out / "onnx" / f"{_slug(label)}.onnx")
+    seeds = cfg.train_seeds or [cfg.seed]
+    jobs = [(label, seed) for seed in seeds for label in nets]  # seed by seed: a cut-short run has whole seeds
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in nets}
+    for label, seed in tqdm(jobs, desc="train", disable=quiet):
+        run_dir = out / "train" / (_slug(label) + ("" if seed == cfg.seed else f"_seed{seed}"))
+        runs[label].append({"seed": seed, "dir": str(run_dir),
+                            **_train(Path(nets[label]["arch"]), cfg, run_dir, quiet=True, seed=seed)})
+    for label, net in nets.items():
+        top1 = [r["top1"] for r in runs[label]]
+        mean = sum(top1) / len(top1)
+        sd = (sum((t - mean) ** 2 for t in top1) / (len(top1) - 1)) ** 0.5 if len(top1) > 1 else None
+        net["train"] = {**runs[label][0], "top1": mean, "top1_sd": sd, "runs": runs[label]}
+        weights = Path(runs[label][0]["dir"]) / "model.safetensors"
+        net["export"] = _export(Path(net["arch"]), weights, out / "onnx" / f"{_slug(label)}.onnx")
         net["params_m"] = _params(Path(net["arch"])) / 1e6
 
     shape = (1, *space.input_size)
@@ -217,7 +229,8 @@ def results_markdown(results: dict[str, Any]) -> str:
              f"{prov['rounds']} interleaved rounds × {prov['burst']} back-to-back runs per net (warm caches, as "
              f"the latency table and targets are measured); *cold*: {prov['statistic']} of {prov['cold_iters']} "
              f"rounds of one run per net (each run follows another net). Top-1 on Fashion-MNIST test images "
-             f"after the same training recipe ({results['config']['train_steps']} steps, one seed); "
+             f"after the same training recipe ({results['config']['train_steps']} steps; mean ± sample SD over "
+             f"training seeds {results['config']['train_seeds'] or [results['config']['seed']]}); "
              f"{prov['device']}, {prov['date']}.", "",
              "| network | kind | params (M) | predicted (ms) | measured (ms) | cold (ms) | top-1 (%) "
              "| search wall (s) | search peak RSS (MB) |",
@@ -225,9 +238,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
         pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else ""
         lines.append(f"| {label} | {n['kind']} | {n['params_m']:.2f} | {pred} | {n['measured_ms']:.3f} | "
-                     f"{n['measured_cold_ms']:.3f} | {n['train']['top1']:.2f} | {n.get('search_wall_s') or ''} | "
+                     f"{n['measured_cold_ms']:.3f} | {_top1(n)} | {n.get('search_wall_s') or ''} | "
                      f"{n.get('search_peak_rss_mb') or ''} |")
     return "\n".join(lines) + "\n"
+
+
+def _top1(net: dict[str, Any]) -> str:
+    sd = net["train"].get("top1_sd")
+    return f"{net['train']['top1']:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
 def plot_pareto(results: dict[str, Any], path: Path) -> None:
@@ -242,10 +260,13 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
 
     for kind, marker, color in (("baseline", "o", "tab:gray"), ("searched", "*", "tab:red"),
                                 ("searched, ablation", "x", "tab:blue")):
-        pts = [(n["measured_ms"], n["train"]["top1"], label) for label, n in results["nets"].items() if group(n) == kind]
+        pts = [(n["measured_ms"], n["train"]["top1"], label, n["train"].get("top1_sd") or 0.0)
+               for label, n in results["nets"].items() if group(n) == kind]
         if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts], fmt="none",
+                        ecolor=color, elinewidth=0.8, capsize=3)
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=90, color=color, label=kind)
-            for x, y, label in pts:
+            for x, y, label, _ in pts:
                 ax.annotate(label, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
     for t in results["targets_ms"]:
         ax.axvline(t, color="tab:red", lw=0.6, ls="--")

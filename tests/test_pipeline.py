@@ -31,7 +31,7 @@ def tiny_run(tiny_space, tmp_path_factory):  # noqa: F811
         space=str(tiny_space), baselines=[str(baseline)], target_from=str(baseline),
         search_steps=6, search_overrides=dict(warmup_steps=2, batch_size=16, train_limit=400, eval_images=50,
                                               threads=1, prunode_window=1, block_window=2, layer_window=2),
-        ablations=["prunode_only"], train_steps=6, train_batch=16, train_limit=300, eval_limit=100,
+        ablations=["prunode_only"], train_seeds=[0, 1], train_steps=6, train_batch=16, train_limit=300, eval_limit=100,
         measure_iters=4, measure_burst=3, measure_cold_iters=5)
     out = tmp_path_factory.mktemp("pipeline")
     results = run(cfg, out, quiet=True)
@@ -52,6 +52,9 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
     for label, n in nets.items():
         assert n["measured_ms"] > 0 and n["measured_cold_ms"] > 0, label
         assert 0 <= n["train"]["top1"] <= 100 and n["params_m"] > 0, label
+        runs = n["train"]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1] and n["train"]["top1"] == pytest.approx(
+            sum(r["top1"] for r in runs) / 2) and n["train"]["top1_sd"] is not None, label
         assert Path(n["export"]["onnx"]).is_file()
         if n["kind"] == "searched":
             assert floor <= n["predicted_ms"] <= max(target, floor) + 1e-9, label
