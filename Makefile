@@ -2,7 +2,7 @@
 # The venv lives outside the clone so that CI's fresh clones and later sessions reuse it; it is
 # rebuilt only when the dependency list (this file or pyproject.toml) changes.
 PYTHON ?= python3
-CACHE_DIR ?= $(HOME)/.cache/prunet
+CACHE_DIR ?= $(or $(PRUNET_CACHE),$(HOME)/.cache/prunet)
 VENV ?= $(CACHE_DIR)/venv-py311
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip

@@ -9,7 +9,7 @@
 # so CI's fresh clones reuse it. The first build takes about 15 minutes on 2 cores.
 #
 # Environment:
-#   PRUNET_CACHE_DIR   cache root (default: $HOME/.cache/prunet); wheels go to $PRUNET_CACHE_DIR/wheels/
+#   PRUNET_CACHE       cache root (default: $HOME/.cache/prunet); wheels go to $PRUNET_CACHE/wheels/
 #   MAX_JOBS           parallel compile jobs (default: 2)
 set -euo pipefail
 
@@ -25,7 +25,7 @@ PY=$1
 [ -x "$PY" ] || die "'$PY' is not an executable python interpreter"
 PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
 
-CACHE_ROOT=${PRUNET_CACHE_DIR:-$HOME/.cache/prunet}
+CACHE_ROOT=${PRUNET_CACHE:-$HOME/.cache/prunet}
 
 # Run python checks from a neutral folder: an unpacked mmcv source tree (or this repo) in the
 # working directory would shadow the installed packages.

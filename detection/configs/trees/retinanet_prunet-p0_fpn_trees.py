@@ -5,7 +5,7 @@
 #   python detection/train.py detection/configs/trees/retinanet_prunet-p0_fpn_trees.py
 #
 # detection/train.py and test.py build the dataset on first use (under ~/.cache/prunet/data or
-# $PRUNET_DATA_DIR) and fill in the paths below from `prunet_dataset`.
+# $PRUNET_CACHE/data) and fill in the paths below from `prunet_dataset`.
 _base_ = '../retinanet_prunet-p0_fpn_1x_coco.py'
 
 prunet_dataset = dict(name='deepforest_trees', tile=400)
