@@ -28,6 +28,8 @@ def test_run_writes_a_buildable_arch_under_target(finished, tiny_lut):
     assert s["within_target"] and s["predicted_ms"] <= d["target_ms"] and s["steps"] == 40
     assert s["measured"]["ms"] > 0 and s["measured"]["backend"] == "torch"
     assert s["peak_rss_mb"] > 0 and s["wall_s"] > 0 and 0 <= s["val_accuracy_inherited"] <= 1
+    act = s["activation_mb"]  # every tier acts in this run, so a step at the end saves less than the first
+    assert act["first"] > act["last"] > 0 and act["first"] >= act["mean"]
     assert (out / "trajectories.png").stat().st_size > 1000
     lines = (out / "log.jsonl").read_text().splitlines()
     assert len(lines) == 40 and all("expected_ms" in json.loads(ln) for ln in lines)

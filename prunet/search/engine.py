@@ -213,6 +213,33 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class _SavedTensorBytes:
+    """Bytes autograd saves for backward during one forward: the activation memory of a step.
+
+    The process's peak RSS is set by the first steps, when every candidate is at full width and
+    before any pruning, and freed activations stay resident (the allocator keeps them), so RSS
+    cannot show what the tiers save; this count can, step by step. Storages are counted once."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.bytes = 0
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+            key = st.data_ptr()
+            if key not in self.seen:
+                self.seen.add(key)
+                self.bytes += st.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. sparse/meta)
+            pass
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
 def default_lut_path(space: SearchSpace, backend: str, threads: int) -> Path:
     return cache_dir() / "luts" / f"{space.name}-{space.hash}-{backend}-{threads}t.json"
 
@@ -260,6 +287,7 @@ class Searcher:
         self.device = torch.device(run.device)
         self._stop_signal: int | None = None
         self.events: list[dict[str, Any]] = []
+        self._saved_mb = 0.0  # activation memory of the last weight step (see _SavedTensorBytes)
 
     # -------------------------------------------------------------- setup
 
@@ -336,9 +364,12 @@ class Searcher:
         for g in self.w_opt.param_groups:
             g["lr"] = self.lr(step)
         self.w_opt.zero_grad(set_to_none=False)
+        saved = _SavedTensorBytes()
         with _frozen(self.a_named):
-            loss = F.cross_entropy(net(x, self.tau(step), noise=True), y)
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+                loss = F.cross_entropy(net(x, self.tau(step), noise=True), y)
             loss.backward()
+        self._saved_mb = saved.bytes / 2**20
         _reduce_grads(self.w_named)
         self.w_opt.step()
         return float(loss.detach())
@@ -541,7 +572,7 @@ class Searcher:
                 p_small[f"{li}.{n}"] = round(float(node.probs().detach()[0]), 5) if node.gated else None
         return {"step": step, "tau": round(self.tau(step), 6), "lr": self.lr(step), "loss_train": loss_w,
                 "ce_val": ce_val, "expected_ms": pred, "widths": widths, "p_small": p_small,
-                "layer_probs": layer_p, "events": events}
+                "layer_probs": layer_p, "events": events, "saved_mb": round(self._saved_mb, 2)}
 
     # -------------------------------------------------------------- main loop
 
@@ -763,7 +794,8 @@ class Searcher:
                 "arch": str(self.out / "arch.json"), "weights": str(weights),
                 "predicted_ms": pred, "target_ms": self.run.target_ms, "within_target": pred <= self.run.target_ms,
                 "measured": self._measure(spec), "steps": self.cfg.steps, "wall_s": round(self._wall(), 2),
-                "peak_rss_mb": round(_peak_rss_mb(), 1), "world_size": self.world, "threads": self.threads,
+                "peak_rss_mb": round(_peak_rss_mb(), 1), "activation_mb": self._activation_summary(),
+                "world_size": self.world, "threads": self.threads,
                 "lut": {"id": t.id, "path": t.path, "backend": t.backend, "threads": t.threads, "statistic": t.statistic},
                 "val_accuracy_inherited": self._evaluate(model),
                 "blocks": len(spec.blocks), "events": details["events"], "final_events": final_events,
@@ -780,6 +812,16 @@ class Searcher:
                 f.write(json.dumps({"step": self.cfg.steps, "final": json.loads(_dumps_spec(spec))}) + "\n")
             dist.barrier()
         return summary
+
+    def _activation_summary(self) -> dict[str, float]:
+        """Activation memory of a weight step (MB saved for backward, batch ``batch_size``): at the
+        first step, the mean over all steps, and at the last step (from log.jsonl)."""
+        log = self.out / "log.jsonl"
+        lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        vals = [r["saved_mb"] for r in map(json.loads, filter(_is_json, lines)) if r.get("saved_mb") is not None]
+        if not vals:
+            return {}
+        return {"first": vals[0], "mean": round(sum(vals) / len(vals), 2), "last": vals[-1]}
 
     def _measure(self, spec: Any) -> dict[str, Any] | None:
         from prunet.latency.lut import Measurer
