@@ -167,7 +167,8 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
             summary = _search(spec, run_dir, quiet)
             nets[label] = {"kind": "searched", "arch": str(run_dir / "arch.json"), "target_ms": target,
                            "ablation": variant, "predicted_ms": summary.get("predicted_ms"),
-                           "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb")}
+                           "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb"),
+                           "search_activation_mb": summary.get("activation_mb")}
 
     seeds = cfg.train_seeds or [cfg.seed]
     jobs = [(label, seed) for seed in seeds for label in nets]  # seed by seed: a cut-short run has whole seeds
@@ -233,14 +234,19 @@ def results_markdown(results: dict[str, Any]) -> str:
              f"training seeds {results['config']['train_seeds'] or [results['config']['seed']]}); "
              f"{prov['device']}, {prov['date']}.", "",
              "| network | kind | params (M) | predicted (ms) | measured (ms) | cold (ms) | top-1 (%) "
-             "| search wall (s) | search peak RSS (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| search wall (s) | search activations mean / last (MB) | search peak RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
         pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else ""
         lines.append(f"| {label} | {n['kind']} | {n['params_m']:.2f} | {pred} | {n['measured_ms']:.3f} | "
                      f"{n['measured_cold_ms']:.3f} | {_top1(n)} | {n.get('search_wall_s') or ''} | "
-                     f"{n.get('search_peak_rss_mb') or ''} |")
+                     f"{_activations(n)} | {n.get('search_peak_rss_mb') or ''} |")
     return "\n".join(lines) + "\n"
+
+
+def _activations(net: dict[str, Any]) -> str:
+    act = net.get("search_activation_mb") or {}
+    return f"{act['mean']:.0f} / {act['last']:.0f}" if act else ""
 
 
 def _top1(net: dict[str, Any]) -> str:

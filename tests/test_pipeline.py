@@ -59,6 +59,7 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
         if n["kind"] == "searched":
             assert floor <= n["predicted_ms"] <= max(target, floor) + 1e-9, label
             assert n["search_peak_rss_mb"] > 0 and n["search_wall_s"] > 0
+            assert n["search_activation_mb"]["first"] >= n["search_activation_mb"]["last"] > 0
     ablation = json.loads((out / "search" / f"searched_{target:g}ms_prunode_only_" / "summary.json").read_text())
     assert ablation["events"]["delete_block"] == 0 and ablation["events"]["remove_layer"] == 0
     assert (out / "pareto.png").stat().st_size > 0
