@@ -222,3 +222,23 @@ def test_zoo_parity(name, tmp_path, photos):
     assert {p.inputs for p in report.parity} == {"random", "imagenet"}
     assert not any("barely depends" in n for n in report.notes), report.summary()
     assert report.tensorrt["ok"], report.tensorrt
+
+
+def test_foolbox_wheel_with_another_checksum_is_refused(tmp_path, monkeypatch):
+    """The images come out of a wheel only after its SHA-256 matched the pin; a mismatch names
+    the file and leaves no images behind."""
+    import dataclasses
+
+    import prunet.export.images as images
+
+    monkeypatch.setenv("PRUNET_CACHE", str(tmp_path))
+    monkeypatch.setattr(images, "FOOLBOX", dataclasses.replace(images.FOOLBOX, sha256="0" * 64))
+    try:
+        images.imagenet_images()
+    except ImagesUnavailableError as exc:
+        if "sha256" not in str(exc):
+            pytest.skip(f"PyPI unreachable: {exc}")
+        assert images.FOOLBOX.filename in str(exc)
+    else:
+        pytest.fail("a wheel with another checksum was accepted")
+    assert not images.images_dir().exists()

@@ -9,24 +9,22 @@ on first use, checked against its known SHA-256 and unpacked into a cache direct
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from prunet._cache import cache_dir
+from prunet._pypi import WheelSource, fetch_wheel
 
 import torch
 from torch import nn
 
 FOOLBOX_VERSION = "3.3.4"
-FOOLBOX_WHEEL = f"foolbox-{FOOLBOX_VERSION}-py3-none-any.whl"
 # SHA-256 of the wheel as published on PyPI (checked on download).
-FOOLBOX_WHEEL_SHA256 = "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb"
+FOOLBOX = WheelSource("foolbox", FOOLBOX_VERSION, f"foolbox-{FOOLBOX_VERSION}-py3-none-any.whl",
+                      "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb", "MIT (bethgelab/foolbox)")
 N_IMAGES = 20
 
 
@@ -36,33 +34,6 @@ class ImagesUnavailableError(RuntimeError):
 
 def images_dir() -> Path:
     return cache_dir() / "data" / f"foolbox-{FOOLBOX_VERSION}-imagenet"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _download_wheel(dest: Path) -> Path:
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "-q", "-d", str(dest), f"foolbox=={FOOLBOX_VERSION}",
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ImagesUnavailableError(f"pip download foolbox=={FOOLBOX_VERSION} failed: {exc}") from exc
-    wheel = dest / FOOLBOX_WHEEL
-    if proc.returncode != 0 or not wheel.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise ImagesUnavailableError(
-            f"pip download foolbox=={FOOLBOX_VERSION} failed (exit {proc.returncode}): "
-            + " | ".join(tail)
-        )
-    return wheel
 
 
 def imagenet_images() -> list[Path]:
@@ -76,14 +47,12 @@ def imagenet_images() -> list[Path]:
     if len(found) == N_IMAGES:
         return found
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        wheel = fetch_wheel(FOOLBOX, target.parent / "sources", quiet=True)
+    except (RuntimeError, ValueError) as exc:  # pip failed / checksum differs
+        raise ImagesUnavailableError(str(exc)) from exc
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".foolbox-") as tmp:
         tmp_path = Path(tmp)
-        wheel = _download_wheel(tmp_path)
-        digest = _sha256(wheel)
-        if digest != FOOLBOX_WHEEL_SHA256:
-            raise ImagesUnavailableError(
-                f"{wheel.name}: SHA-256 {digest} does not match the published {FOOLBOX_WHEEL_SHA256}"
-            )
         staged = tmp_path / "images"
         staged.mkdir()
         with zipfile.ZipFile(wheel) as zf:
