@@ -225,14 +225,10 @@ class _SavedTensorBytes:
         self.bytes = 0
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        try:
-            st = t.untyped_storage()
-            key = st.data_ptr()
-            if key not in self.seen:
-                self.seen.add(key)
-                self.bytes += st.nbytes()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. sparse/meta)
-            pass
+        st = t.untyped_storage()
+        if st.data_ptr() not in self.seen:
+            self.seen.add(st.data_ptr())
+            self.bytes += st.nbytes()
         return t
 
     @staticmethod
