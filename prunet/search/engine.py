@@ -664,7 +664,7 @@ class Searcher:
                 if n != best:
                     layer.remove_option(n)
             node = layer.options[best]
-            if node.gated and float(node.probs().detach()[0]) > 0.5:
+            if node.prefers_small:
                 if keep.get(li) == "width":
                     with torch.no_grad():
                         node.beta.zero_()  # undecided gate: `derive` keeps width c
@@ -732,7 +732,7 @@ class Searcher:
         closest calls (highest runner-up / winner probability ratio first) keeps the result near
         the target it was searched for, using only weights the supernet trained."""
         net, table, target = self.net, self.table, self.run.target_ms
-        options = []  # (runner-up / winner probability, extra raw ms, layer)
+        options = []  # (runner-up / winner probability, extra raw ms, layer, what is kept)
         for li, layer in net.layers.items():
             probs = layer.probs()
             best = max(probs, key=probs.get)
@@ -741,11 +741,10 @@ class Searcher:
                 if blocks:
                     alt = max(blocks, key=probs.get)
                     node = layer.options[alt]
-                    width = node.hidden - node.s if node.gated and float(node.probs().detach()[0]) > 0.5 else node.hidden
-                    options.append((probs[alt] / probs[SKIP], node.latency(width), li, "layer"))
+                    options.append((probs[alt] / probs[SKIP], node.latency(node.derived_width), li, "layer"))
                 continue
             node = layer.options[best]
-            if node.gated and float(node.probs().detach()[0]) > 0.5:
+            if node.prefers_small:
                 p_small, p_big = (float(v) for v in node.probs().detach())
                 options.append((p_big / p_small, node.latency(node.hidden) - node.latency(node.hidden - node.s), li, "width"))
         pred = table.predict(net.derive("argmax"))  # what ``choices`` gives: argmax and gate widths

@@ -121,6 +121,15 @@ class Prunode(nn.Module):
         """(p_small, p_big) without noise: what decisions and expected latency use."""
         return F.softmax(self.beta, dim=-1)
 
+    @property
+    def prefers_small(self) -> bool:
+        """The gate favours ``c − s`` (what derivation takes unless the budget fill keeps ``c``)."""
+        return self.gated and float(self.probs().detach()[0]) > 0.5
+
+    @property
+    def derived_width(self) -> int:
+        return self.hidden - self.s if self.prefers_small else self.hidden
+
     def forward(self, x: torch.Tensor, tau: float = 1.0, noise: bool = True, hard: bool = False) -> torch.Tensor:
         if self.gated and not hard:
             self._g_big = gumbel_softmax(self.beta, tau, noise)[1]
@@ -341,10 +350,7 @@ class Supernet(nn.Module):
                 out.append(None)
                 continue
             p = layer.options[best]
-            width = p.hidden
-            if p.gated and float(p.probs().detach()[0]) > 0.5:
-                width = p.hidden - p.s
-            out.append((p.cand, width))
+            out.append((p.cand, p.derived_width))
         return out
 
     def derive(self, name: str, provenance: Provenance | None = None) -> ArchSpec:
