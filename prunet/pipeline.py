@@ -9,6 +9,7 @@ onnxruntime run, so the comparison is at *measured* latency on this machine.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -156,6 +157,11 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
         targets = [round(measurer.whole(ref), 4)]
     lut = ensure_table(space, "onnxruntime", cfg.latency_threads, quiet=quiet)
     ablation_at = cfg.ablation_target_ms or sorted(targets)[len(targets) // 2]
+    if cfg.ablations and ablation_at not in targets:
+        raise ValueError(f"ablation_target_ms: {ablation_at} is not one of the targets {targets}")
+    unknown = sorted(set(cfg.ablations) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"ablations: unknown variant {unknown[0]!r} (known: {sorted(ABLATIONS)})")
     for target in targets:
         variants = ["full"] + (list(cfg.ablations) if target == ablation_at else [])
         for variant in variants:
@@ -179,9 +185,8 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
                             **_train(Path(nets[label]["arch"]), cfg, run_dir, quiet=True, seed=seed)})
     for label, net in nets.items():
         top1 = [r["top1"] for r in runs[label]]
-        mean = sum(top1) / len(top1)
-        sd = (sum((t - mean) ** 2 for t in top1) / (len(top1) - 1)) ** 0.5 if len(top1) > 1 else None
-        net["train"] = {**runs[label][0], "top1": mean, "top1_sd": sd, "runs": runs[label]}
+        sd = statistics.stdev(top1) if len(top1) > 1 else None
+        net["train"] = {**runs[label][0], "top1": statistics.fmean(top1), "top1_sd": sd, "runs": runs[label]}
         weights = Path(runs[label][0]["dir"]) / "model.safetensors"
         net["export"] = _export(Path(net["arch"]), weights, out / "onnx" / f"{_slug(label)}.onnx")
         net["params_m"] = _params(Path(net["arch"])) / 1e6

@@ -84,3 +84,7 @@ def test_rerun_reuses_finished_runs_and_refuses_changed_settings(tiny_run):
         run(replace(cfg, targets_ms=results["targets_ms"], search_steps=7), out, quiet=True)
     with pytest.raises(ValueError, match="other settings"):
         run(replace(cfg, targets_ms=results["targets_ms"], train_steps=7), out, quiet=True)
+    with pytest.raises(ValueError, match="ablation_target_ms"):
+        run(replace(cfg, targets_ms=results["targets_ms"], ablation_target_ms=999.0), out, quiet=True)
+    with pytest.raises(ValueError, match="unknown variant 'no_such'"):
+        run(replace(cfg, targets_ms=results["targets_ms"], ablations=["no_such"]), out, quiet=True)
