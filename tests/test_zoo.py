@@ -118,3 +118,28 @@ def test_in_chans_and_drop_path_rate():
     model = timm.create_model("gpunet_0", in_chans=1, drop_path_rate=0.1)
     assert model.stem[0].conv.in_channels == 1
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1000)
+
+
+def test_weights_initialised_like_timm_efficientnet():
+    """Conv ~ N(0, sqrt(2/fan_out)), BN γ=1 β=0, classifier U(±1/sqrt(out)), biases 0 (issue 12,
+    item 14); ``weight_init="torch"`` keeps PyTorch's defaults for reproducing older runs."""
+    import math
+
+    torch.manual_seed(0)
+    model = timm.create_model("prunet_p0")
+    head = model.head.conv_head.weight  # 1x1, groups=1: fan_out = out_channels
+    assert abs(head.std().item() / math.sqrt(2.0 / head.shape[0]) - 1) < 0.05
+    dw = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+    fan_out = dw.kernel_size[0] * dw.kernel_size[1] * dw.out_channels // dw.groups
+    assert abs(dw.weight.std().item() / math.sqrt(2.0 / fan_out) - 1) < 0.1
+    fc = model.head.classifier
+    assert fc.weight.abs().max().item() <= 1 / math.sqrt(fc.out_features)
+    assert not fc.bias.any()
+    assert all(not m.bias.any() for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None)
+    bn = model.stem[0].bn1
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+
+    plain = timm.create_model("prunet_p0", weight_init="torch")
+    assert plain.head.classifier.bias.abs().sum() > 0  # PyTorch's default: uniform, non-zero
+    with pytest.raises(ValueError, match="weight_init"):
+        timm.create_model("prunet_p0", weight_init="xavier")

@@ -55,6 +55,23 @@ def feature_map_size(spec: ArchSpec, size: Tuple[int, int]) -> list[Tuple[int, i
     return out
 
 
+WEIGHT_INITS = ("efficientnet", "torch")
+
+
+def init_weights(model: nn.Module) -> None:
+    """Initialise like timm's EfficientNet family and the MnasNet/EfficientNet papers.
+
+    Conv weights ~ N(0, sqrt(2 / fan_out)) (fan-out per group), BN γ=1, β=0, linear weights
+    ~ U(±1/sqrt(out_features)), all biases 0. PyTorch's defaults (Kaiming-uniform with a=sqrt(5),
+    non-zero biases) are what the zoo nets had before; ``weight_init="torch"`` keeps them so that
+    older runs can be reproduced. The effect on the proxy training is measured in
+    ``benchmarks/init_effect.py``.
+    """
+    from timm.models._efficientnet_builder import efficientnet_init_weights
+
+    efficientnet_init_weights(model)
+
+
 class PruNet(nn.Module):
     """Stem → stages of blocks → 1×1 conv head → pool → (post-pool conv) → classifier.
 
@@ -73,8 +90,11 @@ class PruNet(nn.Module):
         drop_path_rate: Optional[float] = None,
         device: Any = None,
         dtype: Any = None,
+        weight_init: str = "efficientnet",
     ):
         super().__init__()
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init: expected one of {WEIGHT_INITS}, got {weight_init!r}")
         dd = dict(device=device, dtype=dtype)
         if in_chans is not None and in_chans != arch.input_size[0]:
             from dataclasses import replace
@@ -112,6 +132,8 @@ class PruNet(nn.Module):
         self.head = ClassifierHead(head, global_pool, self.drop_rate, **dd)
         self.num_features = self.head.num_features
         self.head_hidden_size = self.head.head_hidden_size
+        if weight_init == "efficientnet":
+            init_weights(self)
 
     # ------------------------------------------------------------------ timm API
 
