@@ -197,6 +197,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_training_state(path: Path) -> dict[str, Any]:
+    """Read ``checkpoint.pt`` weights-only: a file in a run folder may come from anywhere, and
+    what :func:`train` saves is tensors and plain data only, so nothing else needs allowing."""
+    from prunet import _weights_only
+
+    state = _weights_only.load(path, str(path), TrainError)
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise TrainError(f"{path}: not a prunet training checkpoint (expected a dict with 'model' and 'step')")
+    return state
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -269,7 +280,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
 
     step, history, wall_before = 0, [], 0.0
     if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = load_training_state(ckpt_path)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

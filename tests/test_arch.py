@@ -96,6 +96,43 @@ def test_file_errors_name_the_file(tmp_path):
         load(p)
 
 
+def test_duplicate_keys_are_refused_with_their_json_path(tmp_path):
+    """Plain json.loads keeps the last of two equal keys silently (issue 12, item 10)."""
+    spec_text = save(prunet.zoo.get_arch("gpunet_0"), tmp_path / "ok.json").read_text()
+    # A second "kernel" in blocks[1]: the file would build a 7x7 where its reader sees a 3x3.
+    lines = spec_text.splitlines()
+    row = [i for i, line in enumerate(lines) if line.startswith('  {"type"')][1]  # blocks[1]
+    lines[row] = lines[row].replace('"kernel":', '"kernel": 7, "kernel":', 1)
+    p = tmp_path / "dup.json"
+    p.write_text("\n".join(lines))
+    with pytest.raises(ArchError, match=r"dup\.json: blocks\[1\]: key 'kernel' appears more than once"):
+        load(p)
+    p.write_text('{"format": "prunet.arch/1", "format": "prunet.arch/1"}')
+    with pytest.raises(ArchError, match=r"<root>: key 'format' appears more than once"):
+        load(p)
+    # NVIDIA's format (a top-level array) names the list index.
+    nv = json.loads((FIXTURES / "configs" / "1.75ms.json").read_text())
+    text = json.dumps(nv).replace('"layer_type": "data"', '"layer_type": "data", "layer_type": "data"', 1)
+    p.write_text(text)
+    with pytest.raises(ArchError, match=r"\[0\]: key 'layer_type' appears more than once"):
+        load(p)
+
+
+def test_deep_json_is_one_clear_error_not_a_recursion_error(tmp_path):
+    from prunet.arch import JsonError, loads_strict
+
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArchError, match=r"deep\.json: <root>: nested more than 64 levels deep"):
+        load(p)
+    p.write_text('{"format": "prunet.arch/1", "provenance": {"details": ' + "[" * 100 + "]" * 100 + "}}")
+    with pytest.raises(ArchError, match=r"provenance\.details(\[0\])+: nested more than 64"):
+        load(p)
+    assert loads_strict('{"a": [1, {"b": 2}]}') == {"a": [1, {"b": 2}]}
+    with pytest.raises(JsonError, match="not valid JSON"):
+        loads_strict("{")
+
+
 def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     spec = prunet.zoo.get_arch("gpunet_0")
     target = tmp_path / "arch.json"

@@ -70,6 +70,32 @@ def test_bad_input_is_refused(tiny_arch, tmp_path):
         train(cfg(tiny_arch, steps=3), tmp_path / "c", resume=True, quiet=True)
 
 
+class _RunsCode:
+    """Unpickling this creates ``path``: a stand-in for a checkpoint that runs code when loaded."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_loads_weights_only_and_refuses_code(tiny_arch, tmp_path):
+    """A checkpoint.pt dropped into a run folder must not run code on --resume (issue 12, item 2)."""
+    c = cfg(tiny_arch, steps=6, checkpoint_every=2)
+    run = tmp_path / "run"
+    train(c, run, quiet=True, stop_after=2)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)  # what train() saves is plain data
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "extra": _RunsCode(marker)}, run / "checkpoint.pt")
+    with pytest.raises(TrainError, match=r"checkpoint.pt: refused by the weights-only loader"):
+        train(c, run, resume=True, quiet=True)
+    assert not marker.exists()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match=r"checkpoint.pt: not a readable PyTorch checkpoint"):
+        train(c, run, resume=True, quiet=True)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tiny_arch, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
@@ -81,5 +107,5 @@ def test_two_process_ddp_on_cpu(tiny_arch, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 10 and summary["top1"] >= 0
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert len(state["stream"]) == 2 and state["stream"][0]["rank"] == 0 and state["stream"][1]["rank"] == 1

@@ -3,12 +3,14 @@
 from prunet.arch.io import (
     FORMAT,
     ArchError,
+    JsonError,
     atomic_write_text,
     dumps,
     from_dict,
     from_nvidia,
     is_nvidia_config,
     load,
+    loads_strict,
     make_divisible,
     save,
     to_dict,
@@ -27,7 +29,7 @@ from prunet.arch.spec import (
 )
 
 __all__ = [
-    "FORMAT", "ArchError", "atomic_write_text", "ArchSpec", "BlockSpec", "ConvSpec", "FusedIRBSpec", "HeadSpec", "IRBSpec",
+    "FORMAT", "ArchError", "JsonError", "loads_strict", "atomic_write_text", "ArchSpec", "BlockSpec", "ConvSpec", "FusedIRBSpec", "HeadSpec", "IRBSpec",
     "Latency", "Provenance", "conv_padding", "dumps", "from_dict", "from_nvidia", "is_nvidia_config",
     "load", "make_divisible", "save", "to_dict", "validate",
 ]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
+from prunet._io import atomic_write_text  # re-exported: older callers import it from here
 from prunet.arch.spec import (
     ACTIVATIONS,
     BLOCK_TYPES,
@@ -341,20 +341,76 @@ def save(spec: ArchSpec, path: str | os.PathLike) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# ----------------------------------------------------------------------------- strict JSON text
+
+MAX_JSON_DEPTH = 64  # architecture/space files are < 6 levels deep; anything far deeper is not one
+
+
+class JsonError(ValueError):
+    """JSON text prunet refuses: invalid, a key given twice in one object, or absurdly deep.
+
+    ``path`` is the JSON path of the problem ("" = the whole document), as in :class:`ArchError`.
+    """
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path or '<root>'}: {message}")
+
+
+class _PairsWithDuplicate(dict):
+    """An object in which ``duplicate`` was given more than once (found after parsing, so that
+    the error can name the object's JSON path, which the hook itself cannot know)."""
+
+    duplicate: str = ""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            dup = _PairsWithDuplicate(pairs)
+            dup.duplicate = key
+            return dup
+        out[key] = value
+    return out
+
+
+def _check_tree(obj: Any, max_depth: int) -> None:
+    """Walk the parsed document (iteratively: no recursion limit) in document order."""
+    stack: list[tuple[Any, str, int]] = [(obj, "", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, (dict, list)) and depth > max_depth:
+            raise JsonError(path, f"nested more than {max_depth} levels deep (not an architecture or space file)")
+        if isinstance(node, _PairsWithDuplicate):
+            raise JsonError(path, f"key {node.duplicate!r} appears more than once in this object "
+                                  "(JSON readers would silently keep only the last one)")
+        if isinstance(node, dict):
+            children = [(v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in node.items()]
+        elif isinstance(node, list):
+            children = [(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node)]
+        else:
+            continue
+        stack.extend(reversed(children))
+
+
+def loads_strict(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses duplicate keys and deep nesting, with one clear message.
+
+    Why: with plain ``json.loads`` the last of two equal keys wins silently, so a file that says
+    ``"kernel": 3, ..., "kernel": 5`` builds something its author did not read; and a file nested
+    100 000 levels deep raises ``RecursionError`` from inside the parser. Raises :class:`JsonError`
+    for invalid JSON too, so callers handle one exception type.
+    """
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        obj = json.loads(text, object_pairs_hook=_pairs)
+    except json.JSONDecodeError as e:
+        raise JsonError("", f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise JsonError("", f"nested more than {max_depth} levels deep (not an architecture or space file)") from None
+    _check_tree(obj, max_depth)
+    return obj
 
 
 # ----------------------------------------------------------------------------- NVIDIA format
@@ -498,9 +554,9 @@ def load(source: str | os.PathLike | Mapping | list, name: str | None = None) ->
         except (OSError, UnicodeDecodeError) as e:
             raise ArchError("", f"cannot read file ({e})", label) from None
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ArchError("", f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", label) from None
+            obj = loads_strict(text)
+        except JsonError as e:
+            raise ArchError(e.path, e.message, label) from None
         name = name or path.stem
     if is_nvidia_config(obj):
         return from_nvidia(obj, name=name or "gpunet", source=label)

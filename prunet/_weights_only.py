@@ -1,0 +1,49 @@
+"""The one way prunet reads a pickled PyTorch file: ``torch.load(weights_only=True)``.
+
+Why: a checkpoint is data that users download, share and drop into run folders; a full unpickler
+would run whatever code such a file names. torch's weights-only unpickler accepts tensors,
+containers and primitive types only (plus the types a caller allow-lists with
+``torch.serialization.safe_globals``), and refuses everything else with a long message whose one
+informative line :func:`unpickler_reason` extracts for our one-line errors.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from typing import Any, Callable
+
+
+def unpickler_reason(msg: str) -> str:
+    """The one informative line of torch's long weights-only error message."""
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else msg)
+    return lines[0] if lines else msg
+
+
+def load(source: str | os.PathLike | io.BytesIO, what: str, error: Callable[[str], Exception],
+         map_location: Any = "cpu") -> Any:
+    """``torch.load(source, weights_only=True)``; a refused or unreadable file raises ``error(line)``.
+
+    ``what`` names the file in the message (a path, or ``zip:member``); ``error`` is the caller's
+    package error class, so the CLI prints the line as a user error.
+    """
+    import torch
+
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = unpickler_reason(str(e))
+        m = re.search(r"GLOBAL (\S+)", reason)  # "Unsupported global: GLOBAL io.open was not an allowed ..."
+        if m:
+            raise error(f"{what}: refused by the weights-only loader: it names {m.group(1)}, which could run code "
+                        "when loaded; only tensors and plain data are accepted") from None
+        raise error(f"{what}: not a readable PyTorch checkpoint ({reason})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+        raise error(f"{what}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                    f"{unpickler_reason(str(e))})") from None
