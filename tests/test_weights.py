@@ -74,6 +74,37 @@ def test_local_ngc_file_via_pretrained_cfg_file(served):
     assert _rel_err(model, "0.5ms-D") < 3e-4
 
 
+def test_two_zoo_models_in_a_row_share_one_cache(tmp_path, monkeypatch):
+    """Every NGC URL ends in ``/zip``; each zoo model must still get its own cached file (issue 12,
+    item 4). NGC's host is redirected to a loopback stand-in serving NGC's URL paths; the zoo's
+    own default cfgs (not an overlay) decide the URLs and cache names."""
+    from urllib.parse import urlparse
+
+    import timm.models._hub as timm_hub
+
+    root = tmp_path / "ngc"
+    for zoo_name, config, fmt in (("prunet_p0", "0.5ms-D", "raw"), ("gpunet_0", "0.65ms", "timm")):
+        url = prunet.zoo.entry(zoo_name).ngc_checkpoint_url
+        target = root / urlparse(url).path.lstrip("/")
+        target.parent.mkdir(parents=True)
+        _ngc_zip(target, f"{config}.pth.tar", recipe_weights(manifest(config)), fmt=fmt)
+    real_download = timm_hub.download_url_to_file
+    with StandIn(root) as server:
+        def via_standin(url, dst, *args, **kwargs):
+            assert url.startswith("https://api.ngc.nvidia.com/"), url
+            return real_download(server.url + urlparse(url).path, dst, *args, **kwargs)
+
+        monkeypatch.setattr(timm_hub, "download_url_to_file", via_standin)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        p0 = timm.create_model("prunet_p0", pretrained=True)
+        g0 = timm.create_model("gpunet_0", pretrained=True)
+        p0_again = timm.create_model("prunet_p0", pretrained=True)  # from the cache
+    assert _rel_err(p0, "0.5ms-D") < 3e-4 and _rel_err(g0, "0.65ms") < 3e-4 and _rel_err(p0_again, "0.5ms-D") < 3e-4
+    assert len([r for r in server.requests if r[0] == "GET"]) == 2
+    cached = sorted(p.name for p in (tmp_path / "torch" / "hub" / "checkpoints").iterdir())
+    assert cached == ["gpunet_0_pyt_ckpt_21.12.0_amp.zip", "gpunet_p0_pyt_ckpt_21.12.0_amp.zip"]
+
+
 def test_unreachable_download_says_how_to_load_a_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with StandIn(tmp_path) as server:

@@ -8,9 +8,11 @@ are mirrored there, from NVIDIA's NGC zip, converted on the fly by :meth:`PruNet
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -68,10 +70,26 @@ def pretrained_cfg_for(spec: ArchSpec, entry: registry.ZooEntry | None = None, *
         if entry.hf_hub_id:
             cfg["hf_hub_id"] = entry.hf_hub_id
         elif entry.ngc_checkpoint_url:
-            cfg["url"] = entry.ngc_checkpoint_url
+            cfg["url"] = (entry.ngc_checkpoint_url, ngc_cache_name(entry.ngc_checkpoint_url))
             cfg["custom_load"] = True
     cfg.update(overrides)
     return cfg
+
+
+def ngc_cache_name(url: str) -> str:
+    """The file name a download from NGC is cached under (in ``$TORCH_HOME/hub/checkpoints``).
+
+    Every NGC download URL ends in ``.../<model>/versions/<version>/zip`` and timm names a cached
+    file after the URL's last segment, so all zoo models would share one file called ``zip`` and
+    each would read whichever was downloaded first. A ``(url, name)`` pair gives each its own.
+    No ``-`` in the name: timm reads ``-<hex>.`` in a cached name as a hash prefix to check.
+    """
+    parts = urlparse(url).path.strip("/").split("/")
+    if len(parts) >= 4 and parts[-1] == "zip" and parts[-3] == "versions":
+        name = f"{parts[-4]}_{parts[-2]}.zip"
+    else:
+        name = f"ngc_{hashlib.sha256(url.encode()).hexdigest()[:16]}.zip"
+    return name.replace("-", "_")
 
 
 def _create(variant: str, spec: ArchSpec, pretrained: bool = False, **kwargs: Any) -> PruNet:
