@@ -133,19 +133,15 @@ def open_data(cfg: TrainConfig, input_size: tuple[int, int, int]) -> tuple[Image
 
 
 def native_input_size(model: str) -> tuple[int, int, int]:
-    """The input size a model was designed for, without building it."""
-    import timm
-
-    from prunet.arch import load
+    """The input size a model was designed for, without building it (zoo, timm, ``hf-hub:``,
+    ``local-dir:`` or architecture JSON; see :func:`prunet.zoo.factory.input_size_of`)."""
     from prunet.zoo import registry
+    from prunet.zoo.factory import input_size_of
 
-    if model in registry.index():
-        return registry.get_arch(model).input_size
-    if model.endswith(".json") or os.sep in model:
-        return load(model).input_size
-    if not timm.is_model(model):
-        raise TrainError(f"model: {model!r} is neither a zoo/timm model nor an architecture JSON")
-    return tuple(timm.models.get_pretrained_cfg(model).input_size)  # type: ignore[return-value]
+    try:
+        return input_size_of(model)
+    except registry.UnknownModelError as e:
+        raise TrainError(f"model: {e}") from None
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> torch.nn.Module:

@@ -184,3 +184,36 @@ def test_searched_arch_repo_loads_through_generic_entrypoint(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
     loaded = torch.load(tmp_path / "sd.pt", weights_only=True)
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+HUB_NAMES_CHILD = r"""
+import json, sys
+import prunet
+from prunet.export.resolve import model_name, resolve
+from prunet.train import native_input_size
+name = sys.argv[1]
+model = prunet.create_model(name, pretrained=True)
+exported = resolve(name, pretrained=True)  # as `prunet export --pretrained` calls it
+print(json.dumps({"arch": model.pretrained_cfg["architecture"], "input": list(native_input_size(name)),
+                  "resolved": type(exported).__name__, "file_name": model_name(name),
+                  "same": all((a == b).all().item() for a, b in zip(model.state_dict().values(),
+                                                                    exported.state_dict().values()))}))
+"""
+
+
+def test_hf_hub_names_work_in_create_model_train_and_export(tmp_path):
+    """``hf-hub:owner/repo`` contains '/', but is a Hub repo, not an architecture file (issue 12, item 5)."""
+    from prunet.zoo.hub import save_hub_repo
+
+    spec = prunet.arch.load(__import__("nvidia_reference").FIXTURES / "configs" / "0.85ms.json")
+    model = prunet.zoo.build(spec)
+    save_hub_repo(model, tmp_path / "hub" / "me" / "searched", zoo_name=None)
+    with StandIn(tmp_path / "hub") as server:
+        env = dict(os.environ, HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        env.pop("HF_HUB_OFFLINE", None)
+        out = subprocess.run([sys.executable, "-c", HUB_NAMES_CHILD, "hf-hub:me/searched"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"arch": "prunet_arch", "input": [3, 288, 288], "resolved": "PruNetZooModel",
+                   "file_name": "searched", "same": True}

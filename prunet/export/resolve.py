@@ -47,11 +47,12 @@ def _known_names() -> list[str]:
 
 
 def _is_model_name(name: str) -> bool:
+    """A zoo/timm name, or an ``hf-hub:``/``local-dir:`` reference (timm reads its config.json)."""
     import timm
 
-    import prunet.zoo  # noqa: F401
+    from prunet.zoo.factory import is_timm_source
 
-    return bool(timm.is_model(name))
+    return is_timm_source(name) or bool(timm.is_model(name))
 
 
 def resolve(spec: ModelSpec, **create_kwargs) -> nn.Module | OnnxFile:
@@ -109,8 +110,11 @@ def resolve_module(spec: ModelSpec, **create_kwargs) -> nn.Module:
 def model_name(spec: ModelSpec, module: nn.Module | None = None) -> str:
     """A short human name for reports and file names."""
     if isinstance(spec, (str, os.PathLike)):
-        p = Path(os.fspath(spec))
-        return p.stem if p.suffix.lower() in (".json", ".onnx") else os.fspath(spec)
+        text = os.fspath(spec)
+        if text.startswith(("hf-hub:", "local-dir:")):  # used in file names: no ':' or '/'
+            return text.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0] or "model"
+        p = Path(text)
+        return p.stem if p.suffix.lower() in (".json", ".onnx") else text
     module = module if module is not None else spec
     cfg = getattr(module, "pretrained_cfg", None) or {}
     return cfg.get("architecture") or type(module).__name__

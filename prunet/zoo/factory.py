@@ -158,8 +158,52 @@ def build(spec: ArchSpec, **kwargs: Any) -> PruNet:
     return _create(spec.name, spec, False, pretrained_cfg=pretrained_cfg_for(spec), **kwargs)
 
 
+# Name prefixes timm resolves itself (a Hub repo, a folder written by timm.models.save_for_hf).
+TIMM_SOURCES = ("hf-hub:", "local-dir:")
+
+
+def is_timm_source(name: str) -> bool:
+    """``hf-hub:owner/repo`` or ``local-dir:/path``: contains ``/`` but is no architecture file."""
+    return name.startswith(TIMM_SOURCES)
+
+
 def _looks_like_path(name: str) -> bool:
-    return name.endswith(".json") or os.sep in name or Path(name).is_file()
+    return not is_timm_source(name) and (name.endswith(".json") or os.sep in name or Path(name).is_file())
+
+
+def source_pretrained_cfg(name: str) -> dict[str, Any]:
+    """The pretrained_cfg an ``hf-hub:``/``local-dir:`` model will be built with (reads only its
+    config.json, no weights): what train and bench need to know before building it."""
+    from timm.models import load_model_config_from_hf, parse_model_name
+    from timm.models._hub import load_model_config_from_path
+
+    source, model_id = parse_model_name(name)
+    try:
+        if source == "hf-hub":
+            cfg, _, _ = load_model_config_from_hf(model_id)
+        else:
+            cfg, _, _ = load_model_config_from_path(model_id)
+    except Exception as e:  # noqa: BLE001 - huggingface_hub, OSError and JSON errors alike
+        raise registry.UnknownModelError(f"{name}: cannot read its config.json ({type(e).__name__}: "
+                                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return dict(cfg)
+
+
+def input_size_of(name: str) -> tuple[int, int, int]:
+    """(C, H, W) a named model (zoo, timm, ``hf-hub:``/``local-dir:``, architecture JSON) was made for,
+    without building it."""
+    if name in registry.index():
+        return tuple(registry.get_arch(name).input_size)  # type: ignore[return-value]
+    if is_timm_source(name):
+        return tuple(source_pretrained_cfg(name)["input_size"])  # type: ignore[return-value]
+    if _looks_like_path(name):
+        if not Path(name).is_file():
+            raise ArchError("", "file not found", name)
+        return tuple(load(name).input_size)  # type: ignore[return-value]
+    if not timm.is_model(name):
+        raise registry.UnknownModelError(
+            f"unknown model {name!r}: not a zoo model, not a timm model, and not an architecture JSON file")
+    return tuple(timm.models.get_pretrained_cfg(name).input_size)  # type: ignore[return-value]
 
 
 def create_model(name_or_path: str | os.PathLike | ArchSpec, pretrained: bool = False, **kwargs: Any):
@@ -172,7 +216,7 @@ def create_model(name_or_path: str | os.PathLike | ArchSpec, pretrained: bool = 
     else:
         name = os.fspath(name_or_path)
         if not _looks_like_path(name):
-            if name in registry.index() or name.startswith("hf-hub:") or timm.is_model(name):
+            if name in registry.index() or is_timm_source(name) or timm.is_model(name):
                 return timm.create_model(name, pretrained=pretrained, **kwargs)
             raise registry.UnknownModelError(
                 f"unknown model {name!r}: not a zoo model ({', '.join(registry.list_models())}), not a timm model, "
@@ -195,5 +239,6 @@ def load_checkpoint(model: PruNet, path: str | os.PathLike) -> PruNet:
 
 __all__ = [
     "CheckpointError", "PruNetZooModel", "WeightsUnavailableError", "build", "checkpoint_filter_fn",
-    "create_model", "default_cfgs", "load_checkpoint", "pretrained_cfg_for",
+    "create_model", "default_cfgs", "input_size_of", "is_timm_source", "load_checkpoint", "pretrained_cfg_for",
+    "source_pretrained_cfg",
 ]
