@@ -143,3 +143,16 @@ def test_weights_initialised_like_timm_efficientnet():
     assert plain.head.classifier.bias.abs().sum() > 0  # PyTorch's default: uniform, non-zero
     with pytest.raises(ValueError, match="weight_init"):
         timm.create_model("prunet_p0", weight_init="xavier")
+
+
+def test_every_registered_name_builds_with_default_arguments():
+    """timm's contract (its own tests loop over timm.list_models()): issue 12, item 6."""
+    import prunet.zoo.factory as factory
+
+    registered = [n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith("prunet")]
+    assert set(registered) == set(ZOO) | {"prunet_arch"}
+    model = timm.create_model("prunet_arch")
+    assert model.arch == prunet.zoo.get_arch(factory.PRUNET_ARCH_DEFAULT)
+    assert timm.models.get_pretrained_cfg("prunet_arch").input_size == (3, 224, 224)
+    with pytest.raises(RuntimeError, match="No pretrained weights exist"):
+        timm.create_model("prunet_arch", pretrained=True)

@@ -119,9 +119,15 @@ def _offline_message(variant: str, err: BaseException) -> str:
 
 # ---------------------------------------------------------------------------- timm registration
 
-default_cfgs = generate_default_cfgs(
-    {name: pretrained_cfg_for(registry.get_arch(name), registry.entry(name)) for name in registry.list_models()}
-)
+# What ``prunet_arch`` builds when given no ``arch=``: timm requires every registered name to build
+# with default arguments (its model tests, ``timm.list_models()`` loops). PruNet-P0 is the family's
+# base network; the default carries no weights (``pretrained=True`` without a source is refused by timm).
+PRUNET_ARCH_DEFAULT = "prunet_p0"
+
+default_cfgs = generate_default_cfgs({
+    **{name: pretrained_cfg_for(registry.get_arch(name), registry.entry(name)) for name in registry.list_models()},
+    "prunet_arch": pretrained_cfg_for(registry.get_arch(PRUNET_ARCH_DEFAULT)),
+})
 
 
 def _register(name: str) -> None:
@@ -141,10 +147,12 @@ for _name in registry.list_models():
 @register_model
 def prunet_arch(pretrained: bool = False, arch: Any = None, **kwargs: Any) -> PruNet:
     """Any architecture given inline (``arch=`` spec, JSON object or path): how Hub repos of
-    searched networks load through ``timm.create_model('hf-hub:...')``."""
+    searched networks load through ``timm.create_model('hf-hub:...')``. Without ``arch=``, the
+    PruNet-P0 architecture (:data:`PRUNET_ARCH_DEFAULT`), untrained."""
     if arch is None:
-        raise TypeError("prunet_arch needs arch=<ArchSpec | prunet.arch JSON object | path>")
-    spec = arch if isinstance(arch, ArchSpec) else load(arch)
+        spec = registry.get_arch(PRUNET_ARCH_DEFAULT)
+    else:
+        spec = arch if isinstance(arch, ArchSpec) else load(arch)
     if kwargs.get("pretrained_cfg") is None:
         kwargs["pretrained_cfg"] = pretrained_cfg_for(spec)
     return _create("prunet_arch", spec, pretrained, **kwargs)
