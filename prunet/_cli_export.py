@@ -1,7 +1,8 @@
 """`prunet export onnx|tensorrt|triton` and `prunet bench` (registered by prunet/cli.py).
 
 Handlers print one clear line and return exit status 2 for user errors (unknown model, corrupt
-ONNX, missing backend, wrong shape); anything else is a bug and keeps its traceback.
+ONNX, missing backend, wrong shape); anything else is a bug and keeps its traceback. An existing
+output file is refused unless ``--overwrite`` is given (checked before any work is done).
 """
 
 from __future__ import annotations
@@ -16,8 +17,22 @@ EXIT_USAGE = 2
 
 
 def _fail(exc: Exception) -> int:
-    print(f"prunet: error: {exc}", file=sys.stderr)
-    return EXIT_USAGE
+    from prunet.cli import report_user_error
+
+    return report_user_error(exc)
+
+
+def _check_outputs(overwrite: bool, *paths: str | Path | None) -> None:
+    """Refuse existing outputs up front: minutes of export must not end in a refusal."""
+    from prunet._io import check_output
+
+    for p in paths:
+        if p is not None:
+            check_output(p, overwrite)
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def _input_size(text: str | None) -> tuple[int, int, int] | None:
@@ -64,6 +79,7 @@ def _write_json(path: str, doc: dict) -> None:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from prunet.export import PrunetExportError, to_onnx
 
+    _check_outputs(args.overwrite, args.out, args.json)
     try:
         report = to_onnx(args.model, args.out, batch=None if args.dynamic else args.batch,
                          opset=args.opset, exporter=args.exporter, input_size=args.input_size,
@@ -107,7 +123,14 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> int:
     from prunet.export.tensorrt import build_engine, run_trtexec, trtexec_command
     from prunet.export.trt_support import check_tensorrt_support
 
+    from prunet.export.resolve import is_onnx_path
+
     dynamic = args.max_batch is not None
+    writes_plan = not (args.check_only or args.print_command)
+    _check_outputs(args.overwrite, None if is_onnx_path(args.model) else Path(args.out).with_suffix(".onnx"),
+                   args.out if writes_plan else None,
+                   Path(args.out).with_suffix(".trtexec.log") if args.trtexec and writes_plan else None,
+                   args.json if writes_plan else None)
     try:
         onnx_path = _onnx_for(args, dynamic)
         model = load_onnx(onnx_path)
@@ -193,6 +216,7 @@ def add_export_commands(sub: Any) -> None:
     p.add_argument("--pretrained", action="store_true",
                    help="load the model's published weights (parity is only meaningful then)")
     p.add_argument("--json", metavar="PATH", help="write the export report as JSON")
+    _add_overwrite(p)
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_export_onnx)
 
@@ -219,6 +243,7 @@ def add_export_commands(sub: Any) -> None:
     p.add_argument("--trt-major", type=int, default=10,
                    help="TensorRT major version the printed command targets (>= 11: no --fp16)")
     p.add_argument("--json", metavar="PATH")
+    _add_overwrite(p)
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_export_tensorrt)
 
@@ -235,7 +260,8 @@ def add_export_commands(sub: Any) -> None:
                    default="KIND_GPU")
     p.add_argument("--input-size", type=_input_size, default=None, metavar="CxHxW")
     p.add_argument("--pretrained", action="store_true", help="load published weights first")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing model folder, replacing only config.pbtxt and the model file")
     p.set_defaults(func=cmd_export_triton)
 
 
@@ -249,13 +275,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from prunet.export import PrunetExportError
     from prunet.export.resolve import OnnxFile, check_input_size, native_input_size, resolve
     from prunet.latency import Candidate, measure_interleaved
-    from prunet.latency.runners import BACKENDS
+    from prunet.latency.backends import backend_names
 
+    known = backend_names()
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    bad = [b for b in backends if b not in BACKENDS]
+    bad = [b for b in backends if b not in known]
     if bad or not backends:
-        return _fail(ValueError(f"--backend: expected a comma list of {BACKENDS}, got "
+        return _fail(ValueError(f"--backend: expected a comma list of {known}, got "
                                 f"{args.backend!r}"))
+    _check_outputs(args.overwrite, args.json, args.plot)
     try:
         _check_backends(backends, args.device)
         results = []
@@ -351,5 +379,6 @@ def add_bench_command(sub: Any) -> None:
                    help="statistic reported (min: robust on shared CPUs, see docs)")
     p.add_argument("--json", metavar="PATH", help="write results with provenance as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart")
+    _add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)

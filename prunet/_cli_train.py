@@ -7,7 +7,8 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from prunet.train import TrainConfig, TrainError, load_config, train
+from prunet._io import check_output
+from prunet.train import TrainConfig, load_config, train
 
 _HELP = {
     "steps": "optimizer steps", "batch_size": "images per step (per process under torchrun)",
@@ -40,19 +41,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if values["input_size"]:
         values["input_size"] = tuple(values["input_size"])
     cfg = TrainConfig(model=args.model, data=args.data, **values)
-    return _run(cfg, args.out, resume=False, quiet=args.quiet)
+    cfg.check()
+    # A non-empty --out is refused before any work: it may hold another run or the user's files.
+    check_output(args.out, args.overwrite, folder=True)
+    return _run(cfg, args.out, resume=False, quiet=args.quiet, overwrite=args.overwrite)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     return _run(load_config(args.run_dir), args.run_dir, resume=True, quiet=args.quiet)
 
 
-def _run(cfg: TrainConfig, out: str, resume: bool, quiet: bool) -> int:
-    try:
-        result = train(cfg, out, resume=resume, quiet=quiet)
-    except TrainError as e:
-        print(f"error: {e}")
-        return 2
+def _run(cfg: TrainConfig, out: str, resume: bool, quiet: bool, overwrite: bool = False) -> int:
+    """Errors (TrainError, DataError, ...) go to prunet.cli.main: one line, exit 2."""
+    result = train(cfg, out, resume=resume, quiet=quiet, overwrite=overwrite)
     if result.steps < cfg.steps:
         print(f"interrupted at step {result.steps}; checkpoint saved: prunet train --resume {out}")
         return 130
@@ -67,6 +68,8 @@ def add_train_commands(sub: Any) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config is used)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or imagefolder:PATH")
     p.add_argument("--out", default="runs/train", help="run folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a non-empty --out: replaces this command's files there, nothing else")
     p.add_argument("--quiet", action="store_true")
     _add_config_args(p)
     def dispatch(a: argparse.Namespace) -> int:

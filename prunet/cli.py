@@ -2,6 +2,11 @@
 
 Sub-command groups owned by other parts of the package register themselves through
 ``add_*_commands(subparsers)`` functions, so this file stays a thin dispatcher.
+
+Error policy (one place, :func:`main`): a user error (bad file, unknown name, existing output,
+foreign latency table, ...) prints one line ``prunet: error: ...`` and exits 2; ``--debug`` (or
+``PRUNET_DEBUG=1``) prints the traceback as well. Any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import traceback
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
@@ -19,14 +26,76 @@ from rich.table import Table
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A command-line mistake found by a command itself (argparse cannot see it)."""
+
+
+# (module, class) of every exception raised on purpose for bad user input. Looked up in
+# sys.modules when an error arrives, so `prunet --help` imports none of them (an exception of
+# a class whose module was never imported cannot have been raised).
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("prunet.cli", "UsageError"),
+    ("prunet._io", "OutputExistsError"),
+    ("prunet.arch.io", "ArchError"),
+    ("prunet.arch.io", "JsonError"),
+    ("prunet.data.classification", "DataError"),
+    ("prunet.export.errors", "PrunetExportError"),
+    ("prunet.latency.lut", "LutError"),
+    ("prunet.search.config", "SearchError"),
+    ("prunet.arch.registry", "UnknownBlockType"),
+    ("prunet._runtime", "DeviceError"),
+    ("prunet.train", "TrainError"),
+    ("prunet.zoo.factory", "WeightsUnavailableError"),
+    ("prunet.zoo.nvidia", "CheckpointError"),
+    ("prunet.zoo.registry", "UnknownModelError"),
+)
+
+_debug = bool(os.environ.get("PRUNET_DEBUG"))
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    found = []
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, user_error_types())
+
+
+def report_user_error(exc: BaseException) -> int:
+    """Print ``prunet: error: <message>`` (with the traceback under ``--debug``); return 2.
+
+    For command handlers that catch errors themselves (they used to print their own line)."""
+    if _debug:
+        traceback.print_exception(exc)
+    message = str(exc).strip() or type(exc).__name__
+    print(f"prunet: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 # ----------------------------------------------------------------------------- zoo
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.endswith(".json") or os.sep in name or os.path.isfile(name)
 
 
 def _spec_from(name_or_path: str):
     from prunet import arch, zoo
+    from prunet.zoo.registry import UnknownModelError
 
     if name_or_path in zoo.index():
         return zoo.get_arch(name_or_path)
+    if not _looks_like_path(name_or_path):
+        raise UnknownModelError(f"unknown model {name_or_path!r}: not a zoo model ({', '.join(zoo.list_models())}) "
+                                "and not an architecture JSON file")
     return arch.load(name_or_path)
 
 
@@ -106,18 +175,17 @@ def cmd_zoo_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_convert_ngc(args: argparse.Namespace) -> int:
+    from prunet._io import check_output
     from prunet.zoo.hub import convert_ngc, guess_zoo_name
     from prunet.zoo.nvidia import CheckpointError
 
+    check_output(args.out, args.overwrite, folder=True)  # before reading a 100 MB checkpoint
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"{args.checkpoint}: checkpoint file not found")
     arch = args.arch or guess_zoo_name(args.checkpoint)
     if not arch:
-        console.print("[red]error[/red]: cannot tell the architecture from the file name; pass --arch NAME|JSON")
-        return 2
-    try:
-        out = convert_ngc(args.checkpoint, arch, args.out, push_to_hub=args.push_to_hub)
-    except CheckpointError as e:
-        console.print(f"[red]error[/red]: {e}")
-        return 2
+        raise UsageError(f"{args.checkpoint}: cannot tell the architecture from the file name; pass --arch NAME|JSON")
+    out = convert_ngc(args.checkpoint, arch, args.out, push_to_hub=args.push_to_hub, overwrite=args.overwrite)
     print(f"wrote {out} (model.safetensors, config.json, README.md)"
           + (f"; pushed to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
@@ -182,6 +250,8 @@ def add_zoo_commands(sub: Any) -> None:
     p = zsub.add_parser("convert-ngc", help="NVIDIA NGC checkpoint → timm Hub repo folder")
     p.add_argument("checkpoint", help="NGC zip or .pth.tar")
     p.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, README.md)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace those three files in an existing non-empty --out (nothing else there is touched)")
     p.add_argument("--arch", help="zoo name or arch JSON (default: guessed from the NGC file name)")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload to this HF Hub repo (needs a token)")
     p.set_defaults(func=cmd_zoo_convert_ngc)
@@ -229,6 +299,8 @@ _GROUPS: Sequence[tuple[str, str]] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunet", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error too (also: PRUNET_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     add_zoo_commands(sub)
     demo = sub.add_parser("demo", help="the main job on built-in data: search on Fashion-MNIST, train, export, "
@@ -252,10 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _debug
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    _debug = _debug or args.debug
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        if is_user_error(e):
+            return report_user_error(e)
+        raise
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not this __main__ copy: the error classes and the --debug switch
+    # that other modules see are prunet.cli's.
+    from prunet.cli import main as _main
+
+    sys.exit(_main())

@@ -24,10 +24,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from prunet._io import atomic_write_bytes, atomic_write_text, default_file_mode
 from prunet.arch import save as save_arch
 from prunet.data.classification import BatchStream, DataError, ImageSet, fashion_mnist_set, imagefolder_set, train_val_split
 
 CHECKPOINT = "checkpoint.pt"
+# Every file train() writes into a run folder (what --overwrite replaces; nothing else is touched).
+RUN_FILES = ("train_config.json", CHECKPOINT, "model.safetensors", "arch.json", "log.jsonl", "summary.json")
 
 
 class TrainError(ValueError):
@@ -209,6 +212,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -218,10 +222,36 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse a resume without its run, or a new run over an old one; writes nothing."""
+    ckpt_path, saved = run / CHECKPOINT, run / "train_config.json"
+    if resume:
+        if not ckpt_path.is_file():
+            raise TrainError(f"{ckpt_path}: no checkpoint to resume from")
+        if load_config(run).to_json() != cfg.to_json():
+            raise TrainError(f"{saved}: the run was started with a different config; resume with the same one")
+    elif ckpt_path.exists() and not overwrite:
+        raise TrainError(f"{run}: already holds a training run; resume it, choose another --out or pass --overwrite")
+
+
+def _start_run_folder(run: Path, cfg: TrainConfig, overwrite: bool) -> None:
+    """Create the run folder and write its config atomically. Under ``overwrite`` the old run's
+    files go first, so an interrupted new run can never resume the old run's checkpoint."""
+    run.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in RUN_FILES:
+            (run / name).unlink(missing_ok=True)
+    atomic_write_text(run / "train_config.json", json.dumps(cfg.to_json(), indent=1) + "\n")
+
+
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, quiet: bool = False,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; writes checkpoint.pt, model.safetensors, arch.json,
-    summary.json and log.jsonl into ``run_dir``. ``stop_after`` ends early (tests of resume)."""
+    summary.json and log.jsonl into ``run_dir``. ``stop_after`` ends early (tests of resume).
+
+    A folder holding a run is refused unless ``overwrite``; then that run's files
+    (:data:`RUN_FILES`) are removed first, so an interrupted new run can never be resumed from
+    the old run's checkpoint, and nothing else in the folder is touched."""
     cfg.check()
     run = Path(run_dir)
     rank, world, device = init_distributed()
@@ -230,17 +260,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
     torch.manual_seed(cfg.seed)
     ckpt_path = run / CHECKPOINT
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        saved = run / "train_config.json"
-        if resume:
-            if not ckpt_path.is_file():
-                raise TrainError(f"{ckpt_path}: no checkpoint to resume from")
-            if json.loads(saved.read_text()) != cfg.to_json():
-                raise TrainError(f"{saved}: the run was started with a different config; resume with the same one")
-        else:
-            if ckpt_path.exists():
-                raise TrainError(f"{run}: already holds a training run; resume it or choose another --out")
-            saved.write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
+        _check_run_folder(run, cfg, resume, overwrite)
 
     input_size = tuple(cfg.input_size or native_input_size(cfg.model))
     try:
@@ -269,6 +289,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
         if cfg.teacher_checkpoint:
             load_checkpoint(teacher, cfg.teacher_checkpoint)
         teacher = teacher.to(device).eval().requires_grad_(False)
+    if rank == 0 and not resume:
+        # Only now that data, model and teacher loaded: a failed start leaves no folder behind.
+        _start_run_folder(run, cfg, overwrite)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -363,30 +386,31 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
 
 
 def _write_outputs(run: Path, model: torch.nn.Module, ema: Any, result: TrainResult) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     best = ema.module if ema is not None and (result.top1_ema or 0) > result.top1 else model
     sd = {k: v.detach().cpu().contiguous() for k, v in best.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".safetensors", dir=run)
-    os.close(fd)
-    save_file(sd, tmp, metadata={"format": "pt"})
-    os.replace(tmp, run / "model.safetensors")
+    atomic_write_bytes(run / "model.safetensors", safetensors_bytes(sd, metadata={"format": "pt"}))
     if hasattr(model, "arch"):
         save_arch(model.arch, run / "arch.json")
-    with open(run / "log.jsonl.tmp", "w") as f:
-        for h in result.history:
-            f.write(json.dumps(h) + "\n")
-    os.replace(run / "log.jsonl.tmp", run / "log.jsonl")
+    atomic_write_text(run / "log.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
     summary = {k: v for k, v in asdict(result).items() if k != "history"}
-    (run / "summary.json.tmp").write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(run / "summary.json.tmp", run / "summary.json")
+    atomic_write_text(run / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 def load_config(run_dir: str | os.PathLike) -> TrainConfig:
     path = Path(run_dir) / "train_config.json"
     if not path.is_file():
         raise TrainError(f"{path}: not a training run folder")
-    d = json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainError(f"{path}: not a readable training config ({e})") from None
+    if not isinstance(d, dict):
+        raise TrainError(f"{path}: expected a JSON object of TrainConfig fields")
     if d.get("input_size"):
         d["input_size"] = tuple(d["input_size"])
-    return TrainConfig(**d)
+    try:
+        return TrainConfig(**d)
+    except TypeError as e:
+        raise TrainError(f"{path}: not a TrainConfig of this prunet version ({e})") from None

@@ -229,13 +229,14 @@ def to_onnx(model: ModelSpec, path: str | os.PathLike, *, batch: int | None = 1,
         raise PrunetExportError(f"exporter: expected one of {EXPORTERS}, got {exporter!r}")
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise InputShapeError(f"batch: expected a positive integer or None (dynamic), got {batch!r}")
-    if opset is not None and (not isinstance(opset, int) or opset < 7):
-        raise PrunetExportError(f"opset: expected an integer >= 7, got {opset!r}")
+    if opset is not None:
+        check_opset(opset, exporter)
     dest = Path(path)
     if dest.suffix.lower() != ".onnx":
         raise PrunetExportError(f"{dest}: output path must end in .onnx")
     if dest.exists() and dest.is_dir():
         raise PrunetExportError(f"{dest}: is a directory")
+    _check_writable(dest)
 
     module = resolve_module(model, **create_kwargs)
     name = model_name(model, module)
@@ -244,15 +245,18 @@ def to_onnx(model: ModelSpec, path: str | os.PathLike, *, batch: int | None = 1,
     probe_forward(module, (trace_batch, *size))
     sample = torch.randn(trace_batch, *size, generator=torch.Generator().manual_seed(0))
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=".onnx.tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=".onnx.tmp")
+    except OSError as exc:
+        raise PrunetExportError(f"{dest}: cannot write there ({exc.strerror})") from None
     os.close(fd)
     notes: list[str] = []
     try:
         t0 = time.perf_counter()
         try:
-            _export_file(module, sample, tmp, exporter=exporter, opset=opset,
-                         dynamic=batch is None, verbose=verbose)
+            with _quiet_onnxscript(verbose):
+                _export_file(module, sample, tmp, exporter=exporter, opset=opset,
+                             dynamic=batch is None, verbose=verbose)
         except PrunetExportError:
             raise
         except Exception as exc:
@@ -308,6 +312,67 @@ def to_onnx(model: ModelSpec, path: str | os.PathLike, *, batch: int | None = 1,
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """Opsets the installed exporter can write: TorchScript 7..torch's TorchScript maximum;
+    dynamo from 18 (its own minimum) to the newest opset the installed onnx package knows
+    (onnx's version converter gets it there; measured up to 28 with onnx 1.23)."""
+    import onnx
+
+    try:
+        from torch.onnx import _constants
+
+        ts_max = int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):  # pragma: no cover - private module moved
+        ts_max = 20
+    if exporter == "torchscript":
+        return 7, ts_max
+    return 18, int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: object, exporter: str) -> None:
+    """Refuse an opset the exporter cannot write before spending minutes on an export (the
+    version converter would otherwise fail deep inside onnxscript and log a long traceback)."""
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise PrunetExportError(f"opset: expected an integer, got {opset!r}")
+    lo, hi = opset_range(exporter)
+    if lo <= opset <= hi:
+        return
+    hint = ""
+    if exporter == "dynamo" and opset < lo:
+        ts_lo, ts_hi = opset_range("torchscript")
+        hint = f"; for opset {opset} use --exporter torchscript ({ts_lo} to {ts_hi})" if ts_lo <= opset <= ts_hi else ""
+    elif exporter == "torchscript" and opset > hi:
+        d_lo, d_hi = opset_range("dynamo")
+        hint = f"; for opset {opset} use --exporter dynamo ({d_lo} to {d_hi})" if d_lo <= opset <= d_hi else ""
+    raise PrunetExportError(f"opset {opset}: the {exporter} exporter writes opsets {lo} to {hi} here{hint}")
+
+
+def _check_writable(dest: Path) -> None:
+    """Fail before the export (not after it) when the destination folder cannot be written."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrunetExportError(f"{dest}: cannot create its folder ({exc.strerror})") from None
+    if not os.access(dest.parent, os.W_OK | os.X_OK):
+        raise PrunetExportError(f"{dest}: folder {dest.parent} is not writable")
+
+
+@contextlib.contextmanager
+def _quiet_onnxscript(verbose: bool):
+    """onnxscript logs a full traceback (logger.exception) when its version converter falls back
+    or fails; prunet reports the outcome itself (the opset check after the export)."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("onnxscript")
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def _publish(tmp: str, dest: Path) -> None:

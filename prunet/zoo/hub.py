@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
+from prunet._io import atomic_write_bytes, check_output, default_dir_mode
 from prunet.arch import ArchSpec, to_dict
 from prunet.zoo import registry
 from prunet.zoo.factory import build, load_checkpoint, pretrained_cfg_for
@@ -70,19 +69,41 @@ def model_card(spec: ArchSpec, zoo_name: str | None, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_hub_repo(model: Any, out_dir: str | os.PathLike, zoo_name: str | None, source: str = "") -> Path:
-    """Write model.safetensors + config.json + README.md into ``out_dir`` atomically (whole folder)."""
-    out = Path(out_dir)
+HUB_FILES = ("model.safetensors", "config.json", "README.md")
+
+
+def _hub_files(model: Any, zoo_name: str | None, source: str) -> dict[str, bytes]:
+    from safetensors.torch import save as safetensors_bytes
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {
+        "model.safetensors": safetensors_bytes(sd, metadata={"format": "pt"}),
+        "config.json": (json.dumps(hub_config(model.arch, zoo_name), indent=2) + "\n").encode(),
+        "README.md": model_card(model.arch, zoo_name, source or "checkpoint").encode(),
+    }
+
+
+def save_hub_repo(model: Any, out_dir: str | os.PathLike, zoo_name: str | None, source: str = "",
+                  overwrite: bool = False) -> Path:
+    """Write model.safetensors + config.json + README.md into ``out_dir``.
+
+    A new folder appears whole or not at all (written beside it, then renamed). An existing
+    non-empty folder is refused unless ``overwrite``; then only these three files are replaced,
+    each atomically. The folder itself is never deleted: ``--out .`` must not empty the current
+    directory (issue 12)."""
+    out = check_output(out_dir, overwrite, folder=True)
+    files = _hub_files(model, zoo_name, source)
+    if out.is_dir():
+        for name, data in files.items():
+            atomic_write_bytes(out / name, data)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hub_config(model.arch, zoo_name), indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(model.arch, zoo_name, source or "checkpoint"))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        for name, data in files.items():
+            atomic_write_bytes(tmp / name, data)
+        os.chmod(tmp, default_dir_mode())  # mkdtemp makes 0700
+        os.rename(tmp, out)  # not os.replace: a folder that appeared meanwhile is not replaced
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -90,17 +111,23 @@ def save_hub_repo(model: Any, out_dir: str | os.PathLike, zoo_name: str | None, 
 
 
 def convert_ngc(checkpoint: str | os.PathLike, arch: str, out_dir: str | os.PathLike,
-                push_to_hub: str | None = None, private: bool = True) -> Path:
-    """NVIDIA NGC checkpoint → timm Hub repo folder (optionally uploaded)."""
+                push_to_hub: str | None = None, private: bool = True, overwrite: bool = False) -> Path:
+    """NVIDIA NGC checkpoint → timm Hub repo folder (optionally uploaded).
+
+    The output is checked first, so a refused ``--out`` costs no checkpoint reading."""
     from prunet.arch import load
 
+    check_output(out_dir, overwrite, folder=True)
     if arch in registry.index():
         spec, zoo_name = registry.get_arch(arch), arch
-    else:
+    elif arch.endswith(".json") or os.sep in arch or Path(arch).is_file():
         spec, zoo_name = load(arch), None
+    else:
+        raise registry.UnknownModelError(
+            f"--arch {arch!r}: not a zoo model ({', '.join(registry.list_models())}) and not an architecture JSON file")
     model = build(spec)
     load_checkpoint(model, checkpoint)
-    out = save_hub_repo(model, out_dir, zoo_name, source=str(checkpoint))
+    out = save_hub_repo(model, out_dir, zoo_name, source=str(checkpoint), overwrite=overwrite)
     if push_to_hub:
         from huggingface_hub import HfApi
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
+from prunet import _weights_only
 from prunet.arch import ArchSpec, ConvSpec, FusedIRBSpec, IRBSpec
 from prunet.nn import block_module_names
 
@@ -149,22 +150,31 @@ def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> Mapping[str, t
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return _read_safetensors(path)
     if zipfile.is_zipfile(path) and not _is_torch_zip(path):
         with zipfile.ZipFile(path) as zf:
             members = [n for n in zf.namelist() if n.endswith((".pth.tar", ".pth", ".pt"))]
             if len(members) != 1:
                 raise CheckpointError(f"{path}: expected one .pth/.pth.tar file in the NGC zip, found {members}")
             data = zf.read(members[0])
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        obj = _weights_only.load(io.BytesIO(data), f"{path}:{members[0]}", CheckpointError)
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     return extract_state_dict(obj, prefer_ema=prefer_ema)
+
+
+def _read_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
+    """safetensors' own error for a truncated or foreign file is a bare ``SafetensorError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def _is_torch_zip(path: Path) -> bool:
