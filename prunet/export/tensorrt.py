@@ -18,10 +18,11 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from prunet._io import atomic_write_bytes
 
 from .errors import BackendUnavailableError, InputShapeError, TensorRTError
 
@@ -93,14 +94,7 @@ class EngineReport:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)  # normal permissions, not mkstemp's 0600
 
 
 def _fp16_copy(onnx_path: Path, notes: list[str]) -> Path:

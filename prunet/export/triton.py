@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prunet._io import default_dir_mode
+
 from .errors import InputShapeError, PrunetExportError
 from .resolve import ModelSpec, is_onnx_path, model_name
 
@@ -97,6 +99,20 @@ def render_config(*, name: str, backend: str, input_io, output_io, max_batch_siz
     ).rstrip() + "\n"
 
 
+def _publish_dir(work: Path, final: Path) -> None:
+    """Move the finished model folder into place. A new one appears whole (one rename); into an
+    existing one (``overwrite``) only the files written here are moved, each atomically: the
+    folder may hold other versions or files of the user's, and is never deleted whole."""
+    if not final.exists():
+        os.chmod(work, default_dir_mode())  # mkdtemp makes 0700
+        os.rename(work, final)
+        return
+    for src in sorted(p for p in work.rglob("*") if p.is_file()):
+        dst = final / src.relative_to(work)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
 def export_triton(source: ModelSpec, repository: str | os.PathLike, *, name: str | None = None,
                   backend: str = "onnxruntime", max_batch_size: int = 8, version: int = 1,
                   instance_kind: str = "KIND_GPU", instance_count: int = 1,
@@ -118,8 +134,11 @@ def export_triton(source: ModelSpec, repository: str | os.PathLike, *, name: str
     name = name or model_name(source)
     repo = Path(repository)
     final = repo / name
+    if final.exists() and not final.is_dir():
+        raise PrunetExportError(f"{final}: exists and is not a folder")
     if final.exists() and not overwrite:
-        raise PrunetExportError(f"{final}: already exists (pass overwrite=True / --overwrite)")
+        raise PrunetExportError(f"{final}: already exists (pass overwrite=True / --overwrite to replace the files "
+                                "this command writes there; nothing else in it is touched)")
     repo.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=repo, prefix=f".{name}."))
     try:
@@ -157,10 +176,7 @@ def export_triton(source: ModelSpec, repository: str | os.PathLike, *, name: str
                                output_io=output_io, max_batch_size=max_batch_size,
                                instance_kind=instance_kind, instance_count=instance_count)
         (work / "config.pbtxt").write_text(config, encoding="utf-8")
-        os.chmod(work, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
+        _publish_dir(work, final)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

@@ -10,23 +10,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from prunet._io import atomic_write_bytes, default_file_mode
+
 from .provenance import machine, now, versions
 from .stats import LatencyStats
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)
 
 
 def results_document(results: list[LatencyStats], **extra) -> dict:
@@ -87,7 +79,7 @@ def plot(path: str | os.PathLike, results: list[LatencyStats], *, title: str = "
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, p)
     finally:
         plt.close(fig)
