@@ -124,9 +124,15 @@ class LatencyTable:
         """Predicted whole-network latency in ms: ``a·Σ(parts) + c``."""
         return self.a * self.raw_sum(arch) + self.c
 
-    def check_for(self, space_hash: str | None = None, backend: str | None = None, threads: int | None = None) -> None:
-        """Refuse a table from another space, backend or thread count (nothing is overwritten)."""
+    def check_for(self, space_hash: str | None = None, backend: str | None = None, threads: int | None = None,
+                  statistic: str | None = None) -> None:
+        """Refuse a table from another space, backend, thread count or statistic (nothing is
+        overwritten). ``statistic``: the one the caller's measurements report (search: ``min``),
+        since a table of medians predicts other numbers than the minima it is compared with."""
         where = self.path or "latency table"
+        if statistic is not None and statistic != self.statistic:
+            raise LutError(f"{where}: holds the {self.statistic!r} of each measurement, not the {statistic!r} "
+                           "this run measures; rebuild it (prunet latency build-lut)")
         if space_hash is not None and space_hash != self.space_hash:
             raise LutError(f"{where}: built for space {self.space_name!r} (hash {self.space_hash}), "
                            f"not this space (hash {space_hash})")
@@ -134,6 +140,38 @@ class LatencyTable:
             raise LutError(f"{where}: measured on backend {self.backend!r}, not {backend!r}")
         if threads is not None and self.threads is not None and threads != self.threads:
             raise LutError(f"{where}: measured with {self.threads} thread(s), not {threads}")
+
+    def machine_differences(self) -> list[str]:
+        """How the machine this table was measured on differs from this one (device model and the
+        latency-relevant software versions); empty when it is this kind of machine."""
+        from prunet.latency.provenance import GPU_BACKENDS, latency_fingerprint
+
+        here = latency_fingerprint(self.backend, self.provenance.get("device_kind") or "cpu")
+        then = _recorded_fingerprint(self.provenance, self.backend in GPU_BACKENDS)
+        diffs = []
+        for key, now_value in here.items():
+            if key == "device_kind":
+                continue
+            what = "device" if key == "device_name" else key
+            old = then.get(key)
+            if old is None:
+                diffs.append(f"{what}: not recorded in the table (here {now_value!r})")
+            elif old != now_value:
+                diffs.append(f"{what}: {old!r} there, {now_value!r} here")
+        return diffs
+
+    def check_machine(self, allow_foreign: bool = False) -> list[str]:
+        """Refuse a table measured on another machine (other CPU/GPU model, other runtime or torch
+        version) unless ``allow_foreign``; returns the differences, for a warning when allowed.
+
+        Why: block latencies and the calibration are properties of one device and software
+        stack; on another one the search would meet a latency target that does not exist there,
+        and nothing would say so."""
+        diffs = self.machine_differences()
+        if diffs and not allow_foreign:
+            raise LutError(f"{self.path or 'latency table'}: measured on another machine ({'; '.join(diffs)}); "
+                           "rebuild it here (prunet latency build-lut), or pass --allow-foreign-lut to use it anyway")
+        return diffs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,13 +191,45 @@ class LatencyTable:
         return path
 
 
+def _recorded_fingerprint(prov: dict[str, Any], gpu_backend: bool) -> dict[str, Any]:
+    """The fingerprint a table's provenance records. Tables from before ``device_name`` carry
+    only the description ("<CPU model> (N CPUs available)"); for a GPU backend that described
+    the CPU (the bug of issue 12), so the device counts as not recorded then."""
+    import re
+
+    out = {k: v for k, v in (prov.get("versions") or {}).items()}
+    if prov.get("device_name"):
+        out["device_name"] = prov["device_name"]
+    elif isinstance(prov.get("device"), str) and not gpu_backend:
+        out["device_name"] = re.sub(r" \(\d+ CPUs available\)$", "", prov["device"])
+    return out
+
+
+def _check_calibration(p: Path, a: float, c: float) -> None:
+    """``a`` multiplies every prediction: NaN poisons a whole search, ``a <= 0`` predicts 0 or
+    negative milliseconds. Both only come from a hand-edited or corrupt file."""
+    if not math.isfinite(a) or a <= 0:
+        raise LutError(f"{p}: calibration.a: expected a finite number > 0, got {a!r}")
+    if not math.isfinite(c):
+        raise LutError(f"{p}: calibration.c: expected a finite number, got {c!r}")
+
+
 def load_table(path: str | os.PathLike) -> LatencyTable:
+    """Read and verify a table: format, types, calibration, and that its stored ``id`` matches
+    its content (an edited entry or calibration changes the id, so it is refused here instead
+    of being predicted from silently). Whether it was measured on this machine is a separate
+    check, :meth:`LatencyTable.check_machine`, because ``--allow-foreign-lut`` may waive it."""
+    from prunet.arch.io import JsonError, loads_strict
+    from prunet.latency.stats import HEADLINES
+
     p = Path(path)
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        obj = loads_strict(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LutError(f"{p}: latency table not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
+        raise LutError(f"{p}: not a readable JSON latency table ({e})") from None
+    except JsonError as e:
         raise LutError(f"{p}: not a readable JSON latency table ({e})") from None
 
     def need(obj: Any, key: str, kind: type | tuple, where: str) -> Any:
@@ -176,14 +246,28 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
             raise LutError(f"{p}: entries.{k}: expected a non-negative number of ms, got {v!r}")
     cal = need(obj, "calibration", dict, "")
     threads = obj.get("threads")
-    return LatencyTable(
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise LutError(f"{p}: threads: expected a positive integer or null, got {threads!r}")
+    statistic = need(obj, "statistic", str, "")
+    if statistic not in HEADLINES:
+        raise LutError(f"{p}: statistic: expected one of {list(HEADLINES)}, got {statistic!r}")
+    for key in ("reference", "provenance"):
+        if not isinstance(obj.get(key) or {}, dict):
+            raise LutError(f"{p}: {key}: expected a JSON object")
+    table = LatencyTable(
         space_name=need(space, "name", str, "space."), space_hash=need(space, "hash", str, "space."),
-        backend=need(obj, "backend", str, ""), statistic=need(obj, "statistic", str, ""),
-        threads=threads if isinstance(threads, int) else None, entries={k: float(v) for k, v in entries.items()},
+        backend=need(obj, "backend", str, ""), statistic=statistic,
+        threads=threads, entries={k: float(v) for k, v in entries.items()},
         a=float(need(cal, "a", (int, float), "calibration.")), c=float(need(cal, "c", (int, float), "calibration.")),
         calibration={k: v for k, v in cal.items() if k not in ("a", "c")},
         reference=obj.get("reference") or {}, provenance=obj.get("provenance") or {}, path=str(p),
     )
+    _check_calibration(p, table.a, table.c)
+    stored = need(obj, "id", str, "")
+    if stored != table.id:
+        raise LutError(f"{p}: id: the file says {stored!r} but its entries and calibration give {table.id!r}: "
+                       "it was changed after it was built; rebuild it (prunet latency build-lut)")
+    return table
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -232,10 +316,18 @@ class Measurer:
         return self(PruNet(arch), (1, *arch.input_size))
 
     def provenance(self) -> dict[str, Any]:
-        from prunet.latency.provenance import device_description, now, versions
+        """Where the table is measured: the GPU for GPU-only backends (TensorRT), the CPU otherwise,
+        plus the fingerprint :meth:`LatencyTable.check_machine` compares on load."""
+        from prunet.latency.provenance import GPU_BACKENDS, device_description, latency_fingerprint, now, versions
 
+        device = "cuda" if self.backend in GPU_BACKENDS else "cpu"
+        found = versions()
+        fingerprint = latency_fingerprint(self.backend, device)
+        if "cuda" in fingerprint:
+            found["cuda"] = fingerprint["cuda"]
         return {"iters": self.iters, "warmup": self.warmup, "exporter": self.exporter, "batch": 1,
-                "device": device_description("cpu"), "versions": versions(), "date": now()}
+                "device": device_description(device), "device_kind": fingerprint["device_kind"],
+                "device_name": fingerprint["device_name"], "versions": found, "date": now()}
 
 
 def space_parts(space: Any) -> dict[str, tuple[Any, int, tuple[int, int]]]:
@@ -342,11 +434,15 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def validate_table(table: LatencyTable, space: Any, measurer: Measurer, samples: int = 20, seed: int = 1,
                    progress: bool = True, plot: str | os.PathLike | None = None,
-                   correct_drift: bool = False) -> dict[str, Any]:
-    """Sample random nets, predict and measure them whole; report accuracy of the prediction."""
+                   correct_drift: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
+    """Sample random nets, predict and measure them whole; report accuracy of the prediction.
+
+    A table from another machine is refused unless ``allow_foreign`` (``--allow-foreign-lut``):
+    validating it here says how well it transfers, which is a question to ask on purpose."""
     from tqdm.auto import tqdm
 
-    table.check_for(space.hash, measurer.backend, measurer.threads)
+    table.check_for(space.hash, measurer.backend, measurer.threads, measurer.statistic)
+    foreign = table.check_machine(allow_foreign)
     rng = random.Random(seed)
     nets = [sample_arch(space, rng, f"val{i}") for i in range(samples)]
     d = drift(table, space, measurer)
@@ -361,6 +457,7 @@ def validate_table(table: LatencyTable, space: Any, measurer: Measurer, samples:
         "mape": sum(errs) / samples, "spearman": spearman(preds, meas) if samples >= 3 else float("nan"),
         "max_error": max(errs), "drift": d, "drift_corrected": correct_drift,
         "backend": table.backend, "threads": table.threads, "statistic": table.statistic, "lut_id": table.id,
+        "foreign_machine": foreign,
         "predicted_ms": preds, "measured_ms": meas,
     }
     if plot:

@@ -64,6 +64,48 @@ def device_description(device: str) -> str:
     return f"{cpu_name()} ({available_cpus()} CPUs available)"
 
 
+def device_name(device: str) -> str:
+    """The model of the processor that runs the measurement, without counts or driver versions:
+    what must match for a latency measured elsewhere to hold here (CPU model, or GPU model)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.device(device).index or 0)
+        return "no CUDA GPU"
+    return cpu_name()
+
+
+# Software whose version changes a measured latency, per backend: the runtime itself, and torch,
+# which exports (ONNX) or is (eager) the graph that gets timed. CUDA for the GPU backends.
+LATENCY_SOFTWARE: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnxruntime": ("onnxruntime", "torch"),
+    "tensorrt": ("tensorrt", "torch", "cuda"),
+}
+# Backends that only run on a GPU (the others time on the CPU unless told otherwise).
+GPU_BACKENDS = ("tensorrt",)
+
+
+def latency_fingerprint(backend: str, device: str = "cpu") -> dict[str, str | None]:
+    """Device model and the versions of :data:`LATENCY_SOFTWARE` on this machine, for ``backend``.
+
+    Why: a latency table is only valid where it was measured; comparing these few facts (not the
+    whole provenance: the date, load average or CPU count may differ harmlessly) tells whether it
+    was."""
+    device = "cuda" if backend in GPU_BACKENDS else device
+    found = versions()
+    if device.startswith("cuda"):
+        import torch
+
+        found["cuda"] = torch.version.cuda or ""
+    out: dict[str, str | None] = {"device_kind": "cuda" if device.startswith("cuda") else "cpu",
+                                  "device_name": device_name(device)}
+    for pkg in LATENCY_SOFTWARE.get(backend, ("torch", backend)):
+        out[pkg] = found.get(pkg)
+    return out
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
