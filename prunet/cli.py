@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
@@ -260,12 +261,35 @@ def add_zoo_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_zoo_summary)
 
 
+# What prunet.pipeline.run writes at the top of its output folder.
+DEMO_OUTPUTS = frozenset({"search", "train", "onnx", "results.json", "results.md", "pareto.png"})
+
+
+def check_demo_out(out: str, overwrite: bool) -> None:
+    """The demo reruns cheaply into its own folder (finished stages are reused, interrupted ones
+    resumed), so a folder holding only what it writes is accepted; one holding anything else is
+    someone else's and refused unless ``--overwrite`` (even then only the demo's files change)."""
+    from prunet._io import OutputExistsError
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise OutputExistsError(f"{p}: exists and is not a folder")
+    if not p.is_dir() or overwrite:
+        return
+    other = sorted(e.name for e in p.iterdir() if e.name not in DEMO_OUTPUTS and not e.name.startswith("."))
+    if other:
+        shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        raise OutputExistsError(f"{p}: holds files the demo did not write ({shown}); choose another --out, or pass "
+                                "--overwrite (the demo's own files are replaced, nothing else is touched)")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Small-scale run of prunet.pipeline (benchmarks/proxy_pareto.py is the full-size one)."""
     from dataclasses import replace
 
     from prunet.pipeline import DEMO, ROW_COLUMNS, result_rows, run
 
+    check_demo_out(args.out, args.overwrite)
     cfg = replace(DEMO, targets_ms=[args.target_ms]) if args.target_ms else DEMO
     console.print(f"[bold]prunet demo[/bold]: search on {cfg.space} (Fashion-MNIST), train, export, measure; "
                   f"outputs in {args.out}/")
@@ -308,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder (results.md/json, pareto.png, runs)")
     demo.add_argument("--target-ms", type=float, default=None,
                       help="latency target (default: the measured latency of the irb_uniform_w075 baseline)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="use an --out that holds other files too (only the demo's own files are replaced)")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
     for module, func in _GROUPS:

@@ -170,3 +170,29 @@ def test_arch_and_latency_table_files_have_normal_permissions(tmp_path):
     table = LatencyTable("s", "h", "torch", "min", 1, {"k": 1.0})
     assert mode(table.save(tmp_path / "lut.json")) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.json", "lut.json"]  # no temp files left
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_demo_refuses_a_folder_with_other_files_before_starting(capsys, tmp_path, monkeypatch):
+    """The demo reruns into its own folder (stages are reused); anyone else's folder is refused."""
+    import prunet.pipeline
+    from prunet.cli import check_demo_out
+
+    def started(*a, **k):
+        raise AssertionError("the demo started although --out holds other files")
+
+    monkeypatch.setattr(prunet.pipeline, "run", started)
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.tex").write_text("the user's")
+    (out / "results.md").write_text("an earlier demo's")
+    err = refused(capsys, ["demo", "--out", str(out)])
+    assert "thesis.tex" in err and "results.md" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["results.md", "thesis.tex"]
+    (out / "thesis.tex").unlink()
+    for name in ("search", "train", "onnx"):
+        (out / name).mkdir()
+    check_demo_out(str(out), overwrite=False)  # an earlier demo's folder: rerun into it
+    check_demo_out(str(tmp_path / "new"), overwrite=False)
