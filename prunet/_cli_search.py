@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+def _backends() -> tuple[str, ...]:
+    from prunet.latency.backends import backend_names
+
+    return backend_names()
 
 
 def _fail(exc: BaseException) -> int:
@@ -21,12 +26,12 @@ def _fail(exc: BaseException) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from prunet.arch import ArchError
+    from prunet.arch import ArchError, JsonError, UnknownBlockType
     from prunet.data.classification import DataError
     from prunet.latency.lut import LutError
-    from prunet.search.engine import SearchError
+    from prunet.search.config import SearchError
 
-    errs: list[type[BaseException]] = [ArchError, DataError, LutError, SearchError]
+    errs: list[type[BaseException]] = [ArchError, JsonError, UnknownBlockType, DataError, LutError, SearchError]
     try:
         from prunet.export.errors import PrunetExportError
 
@@ -38,62 +43,77 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 # ----------------------------------------------------------------------------- search
 
+LOOP_OPTIONS = ("steps", "warmup_steps", "batch_size", "train_limit", "checkpoint_every", "threads", "eval_images")
 
-def _config_from_args(args: argparse.Namespace) -> Any:
-    from prunet.search.engine import SearchConfig, SearchError
+
+def _settings_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``--config`` (one flat JSON object: loop and strategy fields) plus the loop options."""
+    from prunet.arch import JsonError, loads_strict
+    from prunet.search.config import LoopConfig, SearchError, dataclass_from_dict, split_settings
 
     base: dict[str, Any] = {}
     if args.config:
         try:
-            base = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            base = loads_strict(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, JsonError) as e:
             raise SearchError(f"--config {args.config}: cannot read a JSON object ({e})") from None
         if not isinstance(base, dict):
-            raise SearchError(f"--config {args.config}: expected a JSON object of SearchConfig fields")
-    for name in ("steps", "warmup_steps", "batch_size", "train_limit", "checkpoint_every", "threads", "eval_images"):
+            raise SearchError(f"--config {args.config}: expected a JSON object of loop and strategy fields")
+    for name in LOOP_OPTIONS:
         v = getattr(args, name, None)
         if v is not None:
             base[name] = v
     if base.get("train_limit") == 0:
         base["train_limit"] = None
     if "steps" in base and "warmup_steps" not in base:
-        base["warmup_steps"] = max(0, min(base["steps"] // 5, SearchConfig.warmup_steps))
-    try:
-        return SearchConfig.from_dict(base)
-    except TypeError as e:
-        raise SearchError(f"--config: {e}") from None
+        base["warmup_steps"] = max(0, min(base["steps"] // 5, LoopConfig.warmup_steps))
+    loop, strategy = split_settings(base)
+    return dataclass_from_dict(LoopConfig, loop, "--config"), strategy
 
 
 def cmd_search_run(args: argparse.Namespace) -> int:
-    from prunet.search.engine import RunSpec, SearchInterrupted, init_distributed, run_search
+    from prunet._runtime import DeviceError, init_distributed
+    from prunet.search.config import RunSpec
+    from prunet.search.loop import SearchInterrupted, run_search
 
     try:
         init_distributed(args.device)
-        run = RunSpec(space=args.space, data=args.data, target_ms=args.target_ms, backend=args.backend,
-                      lut=args.lut, seed=args.seed, latency_threads=args.latency_threads, device=args.device,
-                      config=_config_from_args(args))
-        summary = run_search(run, args.out, quiet=args.quiet)
+        loop, strategy_config = _settings_from_args(args)
+        run = RunSpec(space=args.space, data=args.data, target_ms=args.target_ms, strategy=args.strategy,
+                      backend=args.backend, lut=args.lut, seed=args.seed, latency_threads=args.latency_threads,
+                      device=args.device, allow_foreign_lut=args.allow_foreign_lut, loop=loop,
+                      strategy_config=strategy_config)
+        summary = run_search(run, args.out, quiet=args.quiet, overwrite=args.overwrite)
     except SearchInterrupted as e:
         print(f"prunet: {e}", file=sys.stderr)
         return 128 + e.signum
-    except _user_errors() as e:
+    except (*_user_errors(), DeviceError) as e:
         return _fail(e)
     _report(summary, args.quiet)
     return 0
 
 
 def cmd_search_resume(args: argparse.Namespace) -> int:
-    from prunet.search.engine import SearchInterrupted, init_distributed, resume_search
+    from prunet._runtime import DeviceError, init_distributed
+    from prunet.search.loop import SearchInterrupted, read_run, resume_search
 
     try:
-        init_distributed(None)
+        init_distributed(read_run(Path(args.run_dir)).device)
         summary = resume_search(args.run_dir, quiet=args.quiet)
     except SearchInterrupted as e:
         print(f"prunet: {e}", file=sys.stderr)
         return 128 + e.signum
-    except _user_errors() as e:
+    except (*_user_errors(), DeviceError) as e:
         return _fail(e)
     _report(summary, args.quiet)
+    return 0
+
+
+def cmd_search_strategies(args: argparse.Namespace) -> int:
+    from prunet.search.strategy import strategies
+
+    for name, cls in sorted(strategies().items()):
+        print(f"{name:<12} {cls.summary}")
     return 0
 
 
@@ -110,12 +130,18 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="built-in space name (proxy-small, gpunet-like) or a space .json")
     p.add_argument("--data", required=True, help="fashion-mnist | imagefolder:PATH")
     p.add_argument("--target-ms", type=float, required=True, help="hard latency target (ms, batch 1)")
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="latency backend of the table")
+    p.add_argument("--strategy", default="prunet", help="search strategy (`prunet search strategies` lists them)")
+    p.add_argument("--backend", choices=_backends(), default="onnxruntime", help="latency backend of the table")
     p.add_argument("--steps", type=int, default=None, help="search steps (default 300)")
     p.add_argument("--out", required=True, help="run folder (arch.json, summary.json, ckpt.pt, log.jsonl, plots)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="use an --out folder that holds files (only the search's own files are replaced)")
     p.add_argument("--lut", default=None, help="latency table JSON (default: cached per space/backend, built if missing)")
+    p.add_argument("--allow-foreign-lut", dest="allow_foreign_lut", action="store_true",
+                   help="use a --lut measured on another machine or software stack (its figures will not hold here)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=None, help="JSON object of SearchConfig fields (thresholds, windows, schedules)")
+    p.add_argument("--config", default=None,
+                   help="JSON object of loop and strategy fields (thresholds, windows, schedules; see docs/search.md)")
     p.add_argument("--warmup-steps", dest="warmup_steps", type=int, default=None)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     p.add_argument("--train-limit", dest="train_limit", type=int, default=None, help="training images used (0 = all)")
@@ -138,6 +164,8 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("run_dir")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search_resume)
+    p = ssub.add_parser("strategies", help="list the search strategies, one line each")
+    p.set_defaults(func=cmd_search_strategies)
 
 
 # ----------------------------------------------------------------------------- latency tables
@@ -202,7 +230,7 @@ def add_latency_commands(sub: Any) -> None:
     lsub = lat.add_subparsers(dest="latency_cmd", required=True)
     p = lsub.add_parser("build-lut", help="measure every block a space can reach, calibrate on whole nets")
     p.add_argument("--space", required=True)
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    p.add_argument("--backend", choices=_backends(), default="onnxruntime")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1, help="inference threads (measure as you deploy)")
     p.add_argument("--iters", type=int, default=300)

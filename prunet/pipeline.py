@@ -31,7 +31,7 @@ class PipelineConfig:
     target_from: str = "irb_uniform_w075"
     baselines: list[str] = field(default_factory=lambda: ["irb_uniform_w050", "irb_uniform_w075", "gpunet_like_s"])
     search_steps: int = 120
-    search_overrides: dict[str, Any] = field(default_factory=dict)  # SearchConfig fields
+    search_overrides: dict[str, Any] = field(default_factory=dict)  # LoopConfig and PruNetConfig fields
     ablations: list[str] = field(default_factory=list)  # extra variants: prunode_only, prunode_block
     ablation_target_ms: float | None = None  # where the extra variants are searched (None: middle target)
     train_steps: int = 300
@@ -60,9 +60,9 @@ DEMO = PipelineConfig(
 )
 
 ABLATIONS = {
-    # Tier 2 off: candidates never deleted (the threshold is unreachable); tier 3 off likewise.
-    "prunode_only": {"block_threshold": 1e-9, "layer_threshold": 1 - 1e-9},
-    "prunode_block": {"layer_threshold": 1 - 1e-9},
+    # PruNet's pruning tiers switched off explicitly: 2 = block pruning, 3 = layer pruning.
+    "prunode_only": {"prune_blocks": False, "prune_layers": False},
+    "prunode_block": {"prune_layers": False},
     "full": {},
 }
 
@@ -123,7 +123,7 @@ def _search(spec: Any, run_dir: Path, quiet: bool) -> dict[str, Any]:
 
 def _search_child(spec: dict[str, Any], run_dir: str, quiet: bool) -> None:
     from prunet.search import RunSpec
-    from prunet.search.engine import resume_search, run_search
+    from prunet.search.loop import resume_search, run_search
 
     if (Path(run_dir) / "run.json").is_file():
         resume_search(run_dir, quiet=quiet)
@@ -135,8 +135,9 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
     """Run the whole comparison; writes results.json, results.md and pareto.png into ``out``."""
     from prunet.latency import Candidate, measure_interleaved
     from prunet.latency.lut import Measurer
-    from prunet.search import RunSpec, SearchConfig, load_space
-    from prunet.search.engine import ensure_table
+    from prunet.search import LoopConfig, RunSpec, load_space
+    from prunet.search.config import dataclass_from_dict, split_settings
+    from prunet.search.tables import ensure_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,9 +168,10 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
         for variant in variants:
             label = f"searched@{target:g}ms" + ("" if variant == "full" else f"[{variant}]")
             run_dir = out / "search" / _slug(label)
-            sc = SearchConfig(steps=cfg.search_steps, **{**cfg.search_overrides, **ABLATIONS[variant]})
+            loop, strategy = split_settings({"steps": cfg.search_steps, **cfg.search_overrides, **ABLATIONS[variant]})
             spec = RunSpec(space=cfg.space, data=cfg.data, target_ms=float(target), seed=cfg.seed, lut=str(lut),
-                           latency_threads=cfg.latency_threads, config=sc)
+                           latency_threads=cfg.latency_threads, loop=dataclass_from_dict(LoopConfig, loop, "search"),
+                           strategy_config=strategy)
             summary = _search(spec, run_dir, quiet)
             nets[label] = {"kind": "searched", "arch": str(run_dir / "arch.json"), "target_ms": target,
                            "ablation": variant, "predicted_ms": summary.get("predicted_ms"),

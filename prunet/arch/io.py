@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prunet._io import atomic_write_text  # re-exported: older callers import it from here
+from prunet.arch.registry import block_type, block_types
 from prunet.arch.spec import (
     ACTIVATIONS,
-    BLOCK_TYPES,
     PADDINGS,
     ArchSpec,
     BlockSpec,
@@ -27,6 +27,7 @@ from prunet.arch.spec import (
     IRBSpec,
     Latency,
     Provenance,
+    spec_fields,
 )
 
 FORMAT = "prunet.arch/1"
@@ -54,7 +55,7 @@ class ArchError(ValueError):
 # ----------------------------------------------------------------------------- field checks
 
 
-class _Reader:
+class JsonReader:
     """Typed access to one JSON object, raising ArchError with its path on any mismatch."""
 
     def __init__(self, obj: Any, path: str):
@@ -142,14 +143,14 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
-def _kernel(r: _Reader, key: str = "kernel", default: Any = ...) -> int:
+def _kernel(r: JsonReader, key: str = "kernel", default: Any = ...) -> int:
     k = r.int(key, default, lo=1, hi=MAX_KERNEL)
     if k % 2 == 0:
         raise ArchError(r._at(key), f"expected an odd kernel size, got {k}")
     return k
 
 
-def _stride(r: _Reader, key: str = "stride", default: Any = ...) -> int:
+def _stride(r: JsonReader, key: str = "stride", default: Any = ...) -> int:
     s = r.int(key, default, lo=1, hi=2)
     return s
 
@@ -157,42 +158,52 @@ def _stride(r: _Reader, key: str = "stride", default: Any = ...) -> int:
 # ----------------------------------------------------------------------------- our format
 
 
-def _read_conv(r: _Reader) -> ConvSpec:
-    spec = ConvSpec(
-        in_chs=r.int("in_chs"), out_chs=r.int("out_chs"), kernel=_kernel(r, "kernel", 3),
-        stride=_stride(r, "stride", 1), act=r.str("act", "relu", ACTIVATIONS),  # type: ignore[arg-type]
-        bn_eps=r.float("bn_eps", 1e-5, lo=0.0, hi=1.0, lo_open=True),
-        padding=r.str("padding", "symmetric", PADDINGS),  # type: ignore[arg-type]
-    )
+# Readers of spec fields that need more than "a positive int": by field name, so a new block
+# type's spec is read with the same checks as the old ones without a reader of its own.
+_FIELD_READERS: dict[str, Any] = {
+    "kernel": lambda r, name, default: _kernel(r, name, default),
+    "stride": lambda r, name, default: _stride(r, name, default),
+    "act": lambda r, name, default: r.str(name, default, ACTIVATIONS),
+    "padding": lambda r, name, default: r.str(name, default, PADDINGS),
+    "bn_eps": lambda r, name, default: r.float(name, default, lo=0.0, hi=1.0, lo_open=True),
+    "se_chs": lambda r, name, default: r.int(name, default, lo=0),
+}
+
+
+def _read_spec(r: JsonReader, cls: type) -> Any:
+    """Decode one block spec of dataclass ``cls`` field by field (``type`` already checked)."""
+    values: dict[str, Any] = {}
+    for name, default in spec_fields(cls).items():
+        if name == "type":
+            continue
+        reader = _FIELD_READERS.get(name)
+        if reader is not None:
+            values[name] = reader(r, name, default)
+        elif isinstance(default, bool):
+            values[name] = r.bool(name, default)
+        elif isinstance(default, float):
+            values[name] = r.float(name, default)
+        elif isinstance(default, str):
+            values[name] = r.str(name, default)
+        else:
+            values[name] = r.int(name, default)
+    r.reject_unknown()
+    return cls(**values)
+
+
+def _read_conv(r: JsonReader) -> ConvSpec:
     r.str("type", "conv", ("conv",))
-    r.reject_unknown()
-    return spec
-
-
-def _read_irb_like(r: _Reader, cls: type) -> BlockSpec:
-    in_chs, out_chs, hidden = r.int("in_chs"), r.int("out_chs"), r.int("hidden_chs")
-    se = r.int("se_chs", 0, lo=0)
-    spec = cls(
-        in_chs=in_chs, out_chs=out_chs, hidden_chs=hidden, kernel=_kernel(r, "kernel", 3),
-        stride=_stride(r, "stride", 1), act=r.str("act", "relu", ACTIVATIONS),
-        se_chs=se, bn_eps=r.float("bn_eps", 1e-5, lo=0.0, hi=1.0, lo_open=True),
-        padding=r.str("padding", "symmetric", PADDINGS),
-    )
-    r.raw("type")
-    r.reject_unknown()
-    return spec
+    return _read_spec(r, ConvSpec)
 
 
 def _read_block(obj: Any, path: str) -> BlockSpec:
-    r = _Reader(obj, path)
-    kind = r.str("type", choices=tuple(BLOCK_TYPES))
-    if kind == "conv":
-        return _read_conv(r)
-    return _read_irb_like(r, BLOCK_TYPES[kind])
+    r = JsonReader(obj, path)
+    kind = r.str("type", choices=tuple(block_types()))
+    return _read_spec(r, block_type(kind).spec)
 
 
 def _read_head(obj: Any, path: str) -> HeadSpec:
-    r = _Reader(obj, path)
+    r = JsonReader(obj, path)
     post = r.raw("post_pool_chs", None)
     head = HeadSpec(
         in_chs=r.int("in_chs"), conv_chs=r.int("conv_chs"),
@@ -207,7 +218,7 @@ def _read_head(obj: Any, path: str) -> HeadSpec:
 
 
 def _read_latency(obj: Any, path: str) -> Latency:
-    r = _Reader(obj, path)
+    r = JsonReader(obj, path)
     lat = Latency(
         value_ms=r.float("value_ms", lo=0.0, lo_open=True),
         kind=r.str("kind", choices=("measured", "predicted", "published")),  # type: ignore[arg-type]
@@ -220,7 +231,7 @@ def _read_latency(obj: Any, path: str) -> Latency:
 def from_dict(obj: Any, source: str | None = None) -> ArchSpec:
     """Decode our ``prunet.arch/1`` JSON object into a validated :class:`ArchSpec`."""
     try:
-        r = _Reader(obj, "")
+        r = JsonReader(obj, "")
         fmt = r.str("format")
         if fmt != FORMAT:
             raise ArchError("format", f"expected {FORMAT!r}, got {fmt!r}")
@@ -230,20 +241,20 @@ def from_dict(obj: Any, source: str | None = None) -> ArchSpec:
         size = r.list("input_size")
         if len(size) != 3:
             raise ArchError("input_size", f"expected [channels, height, width], got {len(size)} items")
-        sr = _Reader({"c": size[0], "h": size[1], "w": size[2]}, "input_size")
+        sr = JsonReader({"c": size[0], "h": size[1], "w": size[2]}, "input_size")
         input_size = (sr.int("c", hi=64), sr.int("h", hi=MAX_RESOLUTION), sr.int("w", hi=MAX_RESOLUTION))
         stem_list = r.list("stem")
         if not stem_list:
             raise ArchError("stem", "expected at least one conv")
         stem = []
         for i, item in enumerate(stem_list):
-            sr = _Reader(item, f"stem[{i}]")
+            sr = JsonReader(item, f"stem[{i}]")
             stem.append(_read_conv(sr))
         blocks = tuple(_read_block(b, f"blocks[{i}]") for i, b in enumerate(r.list("blocks")))
         head = _read_head(r.raw("head"), "head")
         dpr = r.float("drop_path_rate", 0.0, lo=0.0, hi=0.99)
         prov_obj = r.raw("provenance", {})
-        pr = _Reader(prov_obj, "provenance")
+        pr = JsonReader(prov_obj, "provenance")
         details = pr.raw("details", {})
         if not isinstance(details, Mapping):
             raise ArchError("provenance.details", f"expected a JSON object, got {_kind(details)}")
@@ -271,7 +282,7 @@ def validate(spec: ArchSpec) -> ArchSpec:
     for i, block in enumerate(spec.blocks):
         if block.in_chs != prev:
             raise ArchError(f"blocks[{i}].in_chs", f"expected {prev} (= {prev_path}), got {block.in_chs}")
-        if isinstance(block, (IRBSpec, FusedIRBSpec)) and block.se_chs > block.hidden_chs:
+        if getattr(block, "se_chs", 0) > getattr(block, "hidden_chs", float("inf")):
             raise ArchError(f"blocks[{i}].se_chs", f"expected at most hidden_chs={block.hidden_chs}, got {block.se_chs}")
         prev, prev_path = block.out_chs, f"blocks[{i}].out_chs"
     if spec.head.in_chs != prev:
@@ -283,13 +294,12 @@ def validate(spec: ArchSpec) -> ArchSpec:
     if total > min(h, w) * 2:
         raise ArchError("input_size", f"total stride {total} is far larger than the input {h}x{w}")
     # Spatial sizes must stay positive through 'valid' convs.
-    size = min(h, w)
-    for path, conv in [(f"stem[{i}]", c) for i, c in enumerate(spec.stem)] + [
+    hw = (h, w)
+    for path, part in [(f"stem[{i}]", c) for i, c in enumerate(spec.stem)] + [
         (f"blocks[{i}]", b) for i, b in enumerate(spec.blocks)
     ]:
-        pad = 0 if conv.padding == "valid" else ((conv.stride - 1) + (conv.kernel - 1)) // 2
-        size = (size + 2 * pad - conv.kernel) // conv.stride + 1
-        if size < 1:
+        hw = part.out_hw(hw)
+        if min(hw) < 1:
             raise ArchError(path, f"the feature map vanishes here for input {h}x{w}")
     return spec
 
@@ -428,7 +438,7 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, rou
 _NV_ACT = {"relu": "relu", "swish": "silu", "silu": "silu"}
 
 
-def _nv_act(r: _Reader, key: str = "act", default: Any = ...) -> str:
+def _nv_act(r: JsonReader, key: str = "act", default: Any = ...) -> str:
     v = r.str(key, default, tuple(_NV_ACT))
     return _NV_ACT[v]
 
@@ -452,7 +462,7 @@ def from_nvidia(config: Any, name: str = "gpunet", source: str | None = None) ->
 def _from_nvidia(config: Any, name: str, source: str | None) -> ArchSpec:
     if not isinstance(config, list) or not config:
         raise ArchError("", f"expected NVIDIA's format: a non-empty JSON array of layer objects, got {_kind(config)}")
-    data = _Reader(config[0], "[0]")
+    data = JsonReader(config[0], "[0]")
     if data.str("layer_type") != "data":
         raise ArchError("[0].layer_type", "expected 'data' in the first entry")
     res = data.int("img_resolution", hi=MAX_RESOLUTION)
@@ -462,7 +472,7 @@ def _from_nvidia(config: Any, name: str, source: str | None) -> ArchSpec:
     head: HeadSpec | None = None
     eps = 1e-5 if distill else 1e-3
     for j, layer in enumerate(config[1:], start=1):
-        r = _Reader(layer, f"[{j}]")
+        r = JsonReader(layer, f"[{j}]")
         kind = r.str("layer_type", choices=("head", "head_large", "conv", "irb", "fused_irb", "tail", "data"))
         if head is not None:
             raise ArchError(f"[{j}]", f"expected no layer after the 'tail', got {kind!r}")

@@ -29,6 +29,12 @@ def conv_padding(kernel: int, stride: int, mode: str) -> int:
     return ((stride - 1) + (kernel - 1)) // 2
 
 
+def conv_out_hw(hw: tuple[int, int], kernel: int, stride: int, padding: str = "symmetric") -> tuple[int, int]:
+    """Spatial size after a conv: the one formula the reader, builder, tables and spaces share."""
+    p = conv_padding(kernel, stride, padding)
+    return ((hw[0] + 2 * p - kernel) // stride + 1, (hw[1] + 2 * p - kernel) // stride + 1)
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """Conv → BN → activation (no residual: NVIDIA's ConvBnAct never adds one)."""
@@ -41,6 +47,9 @@ class ConvSpec:
     bn_eps: float = 1e-5
     padding: Padding = "symmetric"
     type: Literal["conv"] = "conv"
+
+    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return conv_out_hw(hw, self.kernel, self.stride, self.padding)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,10 @@ class _BottleneckSpec:
     def has_residual(self) -> bool:
         return self.stride == 1 and self.in_chs == self.out_chs
 
+    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """The strided k×k conv (depthwise or fused expand) sets the output size."""
+        return conv_out_hw(hw, self.kernel, self.stride, self.padding)
+
 
 @dataclass(frozen=True)
 class IRBSpec(_BottleneckSpec):
@@ -77,7 +90,6 @@ class FusedIRBSpec(_BottleneckSpec):
 
 
 BlockSpec = Union[ConvSpec, IRBSpec, FusedIRBSpec]
-BLOCK_TYPES: dict[str, type] = {"conv": ConvSpec, "irb": IRBSpec, "fused_irb": FusedIRBSpec}
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ warm-up, recorded with thread count, versions, device and date.
 from __future__ import annotations
 
 from .timing import Candidate, input_shape_for, measure, measure_interleaved
-from .runners import BACKENDS, make_runner
+from .backends import LatencyBackend, backend_names, get_backend, register_backend
+from .runners import make_runner
 from .stats import LatencyStats, ratio
 
 __all__ = ["measure", "measure_interleaved", "Candidate", "LatencyStats", "ratio", "make_runner",
-           "input_shape_for", "BACKENDS"]
+           "input_shape_for", "LatencyBackend", "backend_names", "get_backend", "register_backend"]

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from prunet.arch import ArchSpec, ConvSpec, FusedIRBSpec, HeadSpec, IRBSpec, conv_padding
-from prunet.arch.io import atomic_write_text
+from prunet.arch import ArchSpec, HeadSpec, block_type
+from prunet._io import atomic_write_text
 
 FORMAT = "prunet.lut/1"
 DEFAULT_ITERS = 300
@@ -50,23 +50,15 @@ def _hw(hw: tuple[int, int]) -> str:
     return f"{hw[0]}x{hw[1]}"
 
 
-def block_key(spec: ConvSpec | IRBSpec | FusedIRBSpec, in_hw: tuple[int, int]) -> str:
-    """Table key of one block at one input resolution (BN eps does not change latency)."""
-    if isinstance(spec, ConvSpec):
-        return f"conv:{spec.in_chs}>{spec.out_chs}:k{spec.kernel}s{spec.stride}:{spec.act}:{spec.padding}@{_hw(in_hw)}"
-    kind = "irb" if isinstance(spec, IRBSpec) else "fused_irb"
-    return (f"{kind}:{spec.in_chs}>{spec.out_chs}:h{spec.hidden_chs}:k{spec.kernel}s{spec.stride}:"
-            f"se{spec.se_chs}:{spec.act}:{spec.padding}@{_hw(in_hw)}")
+def block_key(spec: Any, in_hw: tuple[int, int]) -> str:
+    """Table key of one block at one input resolution: its type's registered latency fields.
+    An unregistered type raises, rather than borrowing another type's key."""
+    return f"{spec.type}:{block_type(spec).latency_key(spec)}@{_hw(in_hw)}"
 
 
 def head_key(head: HeadSpec, in_hw: tuple[int, int]) -> str:
     post = head.post_pool_chs or 0
     return f"head:{head.in_chs}>{head.conv_chs}:p{post}:n{head.num_classes}:{head.act}@{_hw(in_hw)}"
-
-
-def _out_hw(hw: tuple[int, int], kernel: int, stride: int, padding: str) -> tuple[int, int]:
-    p = conv_padding(kernel, stride, padding)
-    return ((hw[0] + 2 * p - kernel) // stride + 1, (hw[1] + 2 * p - kernel) // stride + 1)
 
 
 def arch_parts(arch: ArchSpec) -> list[tuple[str, str, Any, tuple[int, int]]]:
@@ -75,10 +67,10 @@ def arch_parts(arch: ArchSpec) -> list[tuple[str, str, Any, tuple[int, int]]]:
     out = []
     for i, c in enumerate(arch.stem):
         out.append((f"stem[{i}]", block_key(c, hw), c, hw))
-        hw = _out_hw(hw, c.kernel, c.stride, c.padding)
+        hw = c.out_hw(hw)
     for i, b in enumerate(arch.blocks):
         out.append((f"blocks[{i}]", block_key(b, hw), b, hw))
-        hw = _out_hw(hw, b.kernel, b.stride, b.padding)
+        hw = b.out_hw(hw)
     out.append(("head", head_key(arch.head, hw), arch.head, hw))
     return out  # type: ignore[return-value]
 
@@ -288,9 +280,11 @@ class Measurer:
     def __call__(self, module: Any, input_shape: tuple[int, ...]) -> float:
         from prunet.latency import measure
 
+        from prunet.latency.backends import get_backend
+
         module = module.eval()
-        if self.backend == "torch":
-            return measure(module, input_shape, backend="torch", warmup=self.warmup, iters=self.iters,
+        if get_backend(self.backend).takes == "module":
+            return measure(module, input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
                            threads=self.threads, headline=self.statistic).value
         from prunet.export.onnx import to_onnx
 
@@ -339,7 +333,7 @@ def space_parts(space: Any) -> dict[str, tuple[Any, int, tuple[int, int]]]:
     hw = tuple(space.input_size[1:])
     for c in space.stem:
         parts.setdefault(block_key(c, hw), (c, c.in_chs, hw))
-        hw = _out_hw(hw, c.kernel, c.stride, c.padding)
+        hw = c.out_hw(hw)
     for slot in space.layers():
         for cand in slot.candidates:
             for h in slot.hidden_widths(cand, space.width_step):

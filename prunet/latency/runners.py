@@ -22,9 +22,9 @@ from torch import nn
 from prunet.export.errors import BackendUnavailableError, InputShapeError, UnknownModelError
 from prunet.export.resolve import OnnxFile, resolve
 
+from .backends import get_backend
 from .provenance import available_cpus
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def _check_shape(input_shape) -> tuple[int, ...]:
@@ -117,8 +117,10 @@ class OrtRunner(Runner):
 
     def __init__(self, onnx_path: str | os.PathLike, shape: tuple[int, ...], *,
                  threads: int | None = None, spinning: bool = True,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, device: str = "cpu") -> None:
         super().__init__()
+        if device.startswith("cuda") and providers is None:
+            providers = ["CUDAExecutionProvider"]
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -237,40 +239,35 @@ class TensorRTRunner(Runner):
 def make_runner(target, input_shape, *, backend: str = "onnxruntime", threads: int | None = None,
                 device: str = "cpu", spinning: bool = True, providers: list[str] | None = None,
                 precision: str = "fp16", exporter: str = "dynamo") -> Runner:
-    """Build the runner for `target` (nn.Module, model name/JSON, .onnx or, for tensorrt, .plan).
+    """Build the runner for `target` (nn.Module, model name/JSON, .onnx or a file the backend
+    takes as is, e.g. a TensorRT .plan) on a registered backend (:mod:`prunet.latency.backends`).
 
-    A module timed on onnxruntime or TensorRT is exported to a temporary ONNX file first (random-
+    A module timed on an ONNX-taking backend is exported to a temporary ONNX file first (random-
     input parity is still checked; no real-image check, no TensorRT report).
     """
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    entry = get_backend(backend)
     shape = _check_shape(input_shape)
-    if backend == "tensorrt" and str(target).lower().endswith((".plan", ".engine")):
-        return TensorRTRunner(target, shape, precision=precision)
+    options = dict(device=device, threads=threads, spinning=spinning, providers=providers, precision=precision)
+    if entry.file_suffixes and str(target).lower().endswith(entry.file_suffixes):
+        return entry.make(target, shape, **options)
     resolved = resolve(target) if not isinstance(target, nn.Module) else target.eval()
-    if backend == "torch":
+    if entry.takes == "module":
         if isinstance(resolved, OnnxFile):
-            raise UnknownModelError(f"{resolved.path}: the torch backend needs a model "
+            raise UnknownModelError(f"{resolved.path}: the {backend} backend needs a model "
                                     "(name, .json or nn.Module), not an ONNX file")
-        return TorchRunner(resolved, shape, device=device, threads=threads)
+        return entry.make(resolved, shape, **options)
     if isinstance(resolved, OnnxFile):
         onnx_path, tmp = resolved.path, None
     else:
         onnx_path, tmp = _export_for_timing(resolved, shape, exporter)
     try:
-        if backend == "onnxruntime":
-            if device.startswith("cuda") and providers is None:
-                providers = ["CUDAExecutionProvider"]
-            runner: Runner = OrtRunner(onnx_path, shape, threads=threads, spinning=spinning,
-                                       providers=providers)
-        else:
-            runner = TensorRTRunner(onnx_path, shape, precision=precision)
+        runner: Runner = entry.make(onnx_path, shape, **options)
     except BaseException:
         if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temp export folder
         raise
     runner._tmpdir = runner._tmpdir or tmp
-    if tmp and runner._tmpdir != tmp:  # TensorRT made its own dir; keep both cleaned
+    if tmp and runner._tmpdir != tmp:  # the runner made its own dir; keep both cleaned
         shutil.rmtree(tmp, ignore_errors=True)
     return runner
 

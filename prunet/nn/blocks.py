@@ -7,13 +7,17 @@ NVIDIA's non-distilled checkpoints map onto them one to one.
 """
 
 
+import importlib
+from functools import partial
 from typing import Any, Optional
 
 import torch
 from timm.layers import BatchNormAct2d, DropPath, SelectAdaptivePool2d, get_act_layer
+from timm.models._efficientnet_blocks import ConvBnAct as _TimmConvBnAct
+from timm.models._efficientnet_blocks import SqueezeExcite as _TimmSqueezeExcite
 from torch import nn
 
-from prunet.arch import ConvSpec, FusedIRBSpec, HeadSpec, IRBSpec, conv_padding
+from prunet.arch import ConvSpec, FusedIRBSpec, HeadSpec, IRBSpec, block_type, conv_padding
 
 ACT_LAYERS = {"relu": "relu", "silu": "silu"}
 
@@ -28,34 +32,25 @@ def _conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1, padding: str 
                      groups=groups, bias=bias, **dd)
 
 
-class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation on the hidden tensor; width given explicitly (``se_chs``) because
+class SqueezeExcite(_TimmSqueezeExcite):
+    """timm's EfficientNet squeeze-and-excitation (``conv_reduce``/``act1``/``conv_expand``/``gate``,
+    NVIDIA's names too) on the hidden tensor, its width given explicitly (``se_chs``) because
     NVIDIA's rounding of it depends on the expansion ratio, which a searched block may not have."""
 
     def __init__(self, chs: int, se_chs: int, act: str = "relu", **dd: Any):
-        super().__init__()
-        self.conv_reduce = nn.Conv2d(chs, se_chs, 1, bias=True, **dd)
-        self.act1 = act_layer(act)(inplace=True)
-        self.conv_expand = nn.Conv2d(se_chs, chs, 1, bias=True, **dd)
-        self.gate = nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.conv_expand(self.act1(self.conv_reduce(s)))
-        return x * self.gate(s)
+        super().__init__(chs, rd_channels=se_chs, act_layer=act_layer(act), **dd)
 
 
-class ConvBnAct(nn.Module):
-    """Conv → BN → act; used for stems and for NVIDIA's plain 'conv' layers."""
+class ConvBnAct(_TimmConvBnAct):
+    """timm's EfficientNet ConvBnAct (``conv``/``bn1``, NVIDIA's names too) built from a spec: Conv →
+    BN → act, no residual; used for stems and for NVIDIA's plain 'conv' layers."""
 
-    def __init__(self, spec: ConvSpec, **dd: Any):
-        super().__init__()
+    def __init__(self, spec: ConvSpec, drop_path_rate: float = 0.0, **dd: Any):
+        # drop_path_rate: accepted like every block's, unused (no residual)
+        super().__init__(spec.in_chs, spec.out_chs, spec.kernel, stride=spec.stride,
+                         pad_type=conv_padding(spec.kernel, spec.stride, spec.padding), act_layer=act_layer(spec.act),
+                         norm_layer=partial(BatchNormAct2d, eps=spec.bn_eps), **dd)
         self.spec = spec
-        self.conv = _conv(spec.in_chs, spec.out_chs, spec.kernel, spec.stride, spec.padding, **dd)
-        self.bn1 = BatchNormAct2d(spec.out_chs, eps=spec.bn_eps, act_layer=act_layer(spec.act), **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn1(self.conv(x))
 
 
 class InvertedResidual(nn.Module):
@@ -166,12 +161,9 @@ class ClassifierHead(nn.Module):
         return self.forward_pooled(self.forward_conv(x))
 
 
-def build_block(spec: "ConvSpec | IRBSpec | FusedIRBSpec", drop_path_rate: float = 0.0, **dd: Any) -> nn.Module:
-    """The one place a block spec becomes a module."""
-    if isinstance(spec, ConvSpec):
-        return ConvBnAct(spec, **dd)
-    if isinstance(spec, IRBSpec):
-        return InvertedResidual(spec, drop_path_rate, **dd)
-    if isinstance(spec, FusedIRBSpec):
-        return FusedInvertedResidual(spec, drop_path_rate, **dd)
-    raise TypeError(f"no block module for spec type {type(spec).__name__}")
+def build_block(spec: Any, drop_path_rate: float = 0.0, **dd: Any) -> nn.Module:
+    """The one place a block spec becomes a module: its type's registered class (see
+    :mod:`prunet.arch.registry`), so a new block type needs no edit here."""
+    module_name, _, class_name = block_type(spec).module.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(spec, drop_path_rate=drop_path_rate, **dd)

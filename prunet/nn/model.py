@@ -11,10 +11,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # not re-exported by timm.models (1.0.31)
 from torch import nn
 
-from prunet.arch import ArchSpec, conv_padding
+from prunet.arch import ArchSpec
 from prunet.nn.blocks import ClassifierHead, ConvBnAct, build_block
 
 
@@ -39,19 +39,14 @@ def block_module_names(spec: ArchSpec) -> list[str]:
 
 def feature_map_size(spec: ArchSpec, size: Tuple[int, int]) -> list[Tuple[int, int]]:
     """Spatial size after the stem and after each stage, for an input of ``size``."""
-    h, w = size
+    hw = tuple(size)
     out = []
-
-    def step(h: int, w: int, conv: Any) -> Tuple[int, int]:
-        p = conv_padding(conv.kernel, conv.stride, conv.padding)
-        return (h + 2 * p - conv.kernel) // conv.stride + 1, (w + 2 * p - conv.kernel) // conv.stride + 1
-
     for c in spec.stem:
-        h, w = step(h, w, c)
+        hw = c.out_hw(hw)
     for idxs in stage_layout(spec):
         for i in idxs:
-            h, w = step(h, w, spec.blocks[i])
-        out.append((h, w))
+            hw = spec.blocks[i].out_hw(hw)
+        out.append(hw)
     return out
 
 

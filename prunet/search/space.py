@@ -30,13 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from prunet.arch import ArchError, ArchSpec, ConvSpec, FusedIRBSpec, HeadSpec, IRBSpec, Provenance, conv_padding
-from prunet.arch import make_divisible
-from prunet.arch.io import _Reader  # the schema's typed JSON reader: same checks, same messages
+from prunet.arch import ArchError, ArchSpec, BlockSpec, ConvSpec, HeadSpec, Provenance, block_type, block_types
+from prunet.arch import conv_out_hw, make_divisible
+from prunet.arch.io import JsonError, loads_strict
+from prunet.arch.io import JsonReader  # the schema's typed JSON reader: same checks, same messages
 
 FORMAT = "prunet.space/1"
 
@@ -64,7 +66,7 @@ class SpaceError(ArchError):
 class Candidate:
     """One candidate block type of a stochastic layer; its hidden width is searched."""
 
-    type: str  # "irb" | "fused_irb"
+    type: str  # a width-searchable registered block type ("irb", "fused_irb")
     kernel: int = 3
     se: bool = False
     act: str = "relu"
@@ -73,7 +75,7 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        t = "ir" if self.type == "irb" else "fir"
+        t = block_type(self.type).short_name
         return f"{t}_k{self.kernel}{'_se' if self.se else ''}_{self.act}"
 
 
@@ -112,9 +114,8 @@ class LayerSlot:
             return 0
         return max(1, min(cand.min_hidden, max(8, self.in_chs // 4)))
 
-    def block_spec(self, cand: Candidate, hidden: int, bn_eps: float = 1e-5) -> IRBSpec | FusedIRBSpec:
-        cls = IRBSpec if cand.type == "irb" else FusedIRBSpec
-        return cls(in_chs=self.in_chs, out_chs=self.out_chs, hidden_chs=hidden, kernel=cand.kernel,
+    def block_spec(self, cand: Candidate, hidden: int, bn_eps: float = 1e-5) -> BlockSpec:
+        return block_type(cand.type).spec(in_chs=self.in_chs, out_chs=self.out_chs, hidden_chs=hidden, kernel=cand.kernel,
                    stride=self.stride, act=cand.act, se_chs=self.se_chs(cand, hidden), bn_eps=bn_eps)  # type: ignore[arg-type]
 
 
@@ -180,8 +181,7 @@ class SearchSpace:
 
 
 def _out_hw(hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int]:
-    p = conv_padding(kernel, stride, "symmetric")
-    return tuple((x + 2 * p - kernel) // stride + 1 for x in hw)  # type: ignore[return-value]
+    return conv_out_hw(hw, kernel, stride, "symmetric")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -190,8 +190,8 @@ _ACTS = ("relu", "silu")
 
 
 def _candidate(obj: Any, path: str, step: int) -> Candidate:
-    r = _Reader(obj, path)
-    kind = r.str("type", choices=("irb", "fused_irb"))
+    r = JsonReader(obj, path)
+    kind = r.str("type", choices=_searchable_types())
     k = r.int("kernel", 3, lo=1, hi=15)
     if k % 2 == 0:
         raise SpaceError(f"{path}.kernel", f"expected an odd kernel size, got {k}")
@@ -202,6 +202,16 @@ def _candidate(obj: Any, path: str, step: int) -> Candidate:
         raise SpaceError(f"{path}.min_hidden", f"expected a multiple of width_step={step}, got {cand.min_hidden}")
     r.reject_unknown()
     return cand
+
+
+def _searchable_types() -> tuple[str, ...]:
+    """Block types whose hidden width a Prunode can search (the registry says where its gate sits)."""
+    return tuple(n for n, t in block_types().items() if t.width_searchable)
+
+
+# A space's name becomes part of file names (its cached latency table): one path component of
+# plain characters, so "../../x" cannot write outside the cache.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _candidates(obj: Any, path: str, step: int) -> tuple[Candidate, ...]:
@@ -225,17 +235,18 @@ def from_dict(obj: Any, source: str | None = None) -> SearchSpace:
 
 
 def _from_dict(obj: Any, source: str | None) -> SearchSpace:
-    r = _Reader(obj, "")
+    r = JsonReader(obj, "")
     fmt = r.str("format")
     if fmt != FORMAT:
         raise SpaceError("format", f"expected {FORMAT!r}, got {fmt!r}")
     name = r.str("name")
-    if not name.strip():
-        raise SpaceError("name", "expected a non-empty name")
+    if not _NAME.fullmatch(name):
+        raise SpaceError("name", f"expected letters, digits, '.', '_' or '-' (at most 100, not starting with "
+                                 f"'.' or '-'; it names cache files), got {name!r}")
     size = r.list("input_size")
     if len(size) != 3:
         raise SpaceError("input_size", f"expected [channels, height, width], got {len(size)} items")
-    sr = _Reader({"c": size[0], "h": size[1], "w": size[2]}, "input_size")
+    sr = JsonReader({"c": size[0], "h": size[1], "w": size[2]}, "input_size")
     input_size = (sr.int("c", hi=64), sr.int("h", lo=4, hi=4096), sr.int("w", lo=4, hi=4096))
     ncls = r.int("num_classes", lo=2, hi=1 << 20)
     step = r.int("width_step", 8, hi=1024)
@@ -245,7 +256,7 @@ def _from_dict(obj: Any, source: str | None) -> SearchSpace:
     stem: list[ConvSpec] = []
     prev = input_size[0]
     for i, item in enumerate(stem_list):
-        cr = _Reader(item, f"stem[{i}]")
+        cr = JsonReader(item, f"stem[{i}]")
         k = cr.int("kernel", 3, hi=15)
         if k % 2 == 0:
             raise SpaceError(f"stem[{i}].kernel", f"expected an odd kernel size, got {k}")
@@ -261,7 +272,7 @@ def _from_dict(obj: Any, source: str | None) -> SearchSpace:
     stages: list[Stage] = []
     for i, item in enumerate(stages_list):
         p = f"stages[{i}]"
-        sr2 = _Reader(item, p)
+        sr2 = JsonReader(item, p)
         out = sr2.int("out_chs")
         if out % step:
             raise SpaceError(f"{p}.out_chs", f"expected a multiple of width_step={step}, got {out}")
@@ -275,7 +286,7 @@ def _from_dict(obj: Any, source: str | None) -> SearchSpace:
             raise SpaceError(f"{p}.candidates", "required: no top-level 'candidates' to fall back on")
         stages.append(Stage(out, sr2.int("stride", 1, hi=2), depth, min_depth, cands))
         sr2.reject_unknown()
-    hr = _Reader(r.raw("head"), "head")
+    hr = JsonReader(r.raw("head"), "head")
     head = HeadSpec(in_chs=stages[-1].out_chs, conv_chs=hr.int("conv_chs"), num_classes=ncls,
                     act=hr.str("act", "relu", _ACTS),  # type: ignore[arg-type]
                     dropout=hr.float("dropout", 0.0, hi=0.99))
@@ -320,7 +331,7 @@ def load_space(name_or_path: str | os.PathLike | Mapping) -> SearchSpace:
     except (OSError, UnicodeDecodeError) as e:
         raise SpaceError("", f"cannot read file ({e})", label) from None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpaceError("", f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", label) from None
+        obj = loads_strict(text)
+    except JsonError as e:
+        raise SpaceError(e.path, e.message, label) from None
     return from_dict(obj, source=label)

@@ -16,13 +16,13 @@ Every block here is a :mod:`prunet.nn` module built by :func:`prunet.nn.build_bl
   (tier 3).
 
 Parameters are named so that the weight optimiser's state can be carried across structure
-changes by name (see :mod:`prunet.search.engine`): a commit keeps names and only slices tensors.
+changes by name (see :mod:`prunet.search.loop`): a commit keeps names and only slices tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +30,65 @@ from torch import nn
 
 from prunet.arch import ArchSpec, Provenance
 from prunet.latency.lut import LatencyTable, block_key
-from prunet.nn import ClassifierHead, ConvBnAct, InvertedResidual, build_block
+from prunet.arch import block_type
+from prunet.nn import ClassifierHead, ConvBnAct, build_block
 from prunet.search.space import Candidate, LayerSlot, SearchSpace
 
 SKIP = "skip"
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, noise: bool = True) -> torch.Tensor:
+    """Soft Gumbel-softmax sample (``noise=False``: the tempered softmax).
+
+    Not ``torch.nn.functional.gumbel_softmax``: that draws its noise through ``exponential_``, a
+    different use of the RNG stream, so every recorded search result would change; the
+    distribution is the same."""
     if not noise:
         return F.softmax(logits / tau, dim=-1)
     u = torch.rand_like(logits).clamp_(1e-9, 1.0 - 1e-9)
     return F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
+
+
+class Relaxation:
+    """How one forward turns architecture logits into path weights. The strategy that owns the
+    logits chooses it per step; the modules only ask it, in forward order (so the RNG stream is
+    consumed in the same order as the layers run)."""
+
+    hard = False
+
+    def layer_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def gate(self, beta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+class GumbelMixture(Relaxation):
+    """Every path weighted by a Gumbel-softmax sample at temperature ``tau`` (DARTS/FBNet style)."""
+
+    def __init__(self, tau: float, noise: bool = True):
+        self.tau, self.noise = tau, noise
+
+    def layer_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        return gumbel_softmax(logits, self.tau, self.noise)
+
+    def gate(self, beta: torch.Tensor) -> torch.Tensor:
+        return gumbel_softmax(beta, self.tau, self.noise)[1]
+
+
+class ArgmaxPath(Relaxation):
+    """The collapsed network: each layer's most likely choice, each gate at its likelier width."""
+
+    hard = True
+
+    def layer_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(torch.argmax(logits), logits.numel()).to(logits.dtype).detach()
+
+    def gate(self, beta: torch.Tensor) -> torch.Tensor:
+        return (beta[1] >= beta[0]).to(beta.dtype).detach()
+
+
+ARGMAX = ArgmaxPath()
 
 
 _TWIN_CACHE: dict[Any, dict[str, tuple[int, ...]]] = {}
@@ -78,6 +126,7 @@ class Prunode(nn.Module):
         self.step, self.shrink, self.shrink_fraction = step, shrink, shrink_fraction
         self.lut = lut or {}
         self.beta = nn.Parameter(torch.zeros(2))  # logits of (small, big)
+        self.kind = block_type(cand.type)
         self.block: nn.Module = build_block(slot.block_spec(cand, hidden or widths[-1]))
         self._g_big: torch.Tensor | None = None
         self._hook = None
@@ -86,7 +135,7 @@ class Prunode(nn.Module):
     # -------------------------------------------------------------- gate
 
     def _attach(self) -> None:
-        self._hook = self.block.se.register_forward_pre_hook(self._gate_hook)
+        self._hook = getattr(self.block, self.kind.gate_site).register_forward_pre_hook(self._gate_hook)
 
     def _gate_hook(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
         g = self._g_big
@@ -130,13 +179,8 @@ class Prunode(nn.Module):
     def derived_width(self) -> int:
         return self.hidden - self.s if self.prefers_small else self.hidden
 
-    def forward(self, x: torch.Tensor, tau: float = 1.0, noise: bool = True, hard: bool = False) -> torch.Tensor:
-        if self.gated and not hard:
-            self._g_big = gumbel_softmax(self.beta, tau, noise)[1]
-        elif self.gated and hard:
-            self._g_big = (self.beta[1] >= self.beta[0]).to(x.dtype).detach()
-        else:
-            self._g_big = None
+    def forward(self, x: torch.Tensor, relax: Relaxation = ARGMAX) -> torch.Tensor:
+        self._g_big = relax.gate(self.beta) if self.gated else None
         try:
             return self.block(x)
         finally:
@@ -154,9 +198,8 @@ class Prunode(nn.Module):
     # -------------------------------------------------------------- structure
 
     def importance(self) -> torch.Tensor:
-        """BN |γ| of the hidden channels right before SE/projection."""
-        bn = self.block.bn2 if isinstance(self.block, InvertedResidual) else self.block.bn1
-        return bn.weight.detach().abs()
+        """BN |γ| of the hidden channels (the norm its block type registers)."""
+        return getattr(self.block, self.kind.importance_norm).weight.detach().abs()
 
     def commit(self, keep: int | None = None) -> torch.Tensor:
         """Shrink to ``keep`` (default ``c − s``) channels, most important first; returns the kept
@@ -213,17 +256,17 @@ class StochasticLayer(nn.Module):
         p = F.softmax(self.logits().detach(), dim=-1).tolist()
         return dict(zip(self.names(), p))
 
-    def forward(self, x: torch.Tensor, tau: float = 1.0, noise: bool = True, hard: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relax: Relaxation = ARGMAX) -> torch.Tensor:
         names = self.names()
         if len(names) == 1:
-            return x if names[0] == SKIP else self.options[names[0]](x, tau, noise, hard)
-        if hard:
+            return x if names[0] == SKIP else self.options[names[0]](x, relax)
+        if relax.hard:
             best = names[int(torch.argmax(self.logits()))]
-            return x if best == SKIP else self.options[best](x, tau, noise, hard)
-        w = gumbel_softmax(self.logits(), tau, noise)
+            return x if best == SKIP else self.options[best](x, relax)
+        w = relax.layer_weights(self.logits())
         out = 0
         for i, n in enumerate(names):
-            out = out + w[i] * (x if n == SKIP else self.options[n](x, tau, noise))
+            out = out + w[i] * (x if n == SKIP else self.options[n](x, relax))
         return out
 
     def expected_latency(self) -> torch.Tensor:
@@ -277,21 +320,28 @@ class Supernet(nn.Module):
 
     # -------------------------------------------------------------- parameters
 
+    def _logit_ids(self) -> set[int]:
+        """The architecture logits, by identity: every layer's α and every Prunode's β."""
+        ids = {id(p) for layer in self.layers.values() for p in layer.alpha.values()}
+        return ids | {id(node.beta) for _, node in self.prunodes()}
+
     def arch_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if n.endswith(".beta") or ".alpha." in n]
+        ids = self._logit_ids()
+        return [(n, p) for n, p in self.named_parameters() if id(p) in ids]
 
     def weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if not (n.endswith(".beta") or ".alpha." in n)]
+        ids = self._logit_ids()
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in ids]
 
     def prunodes(self) -> list[tuple[str, Prunode]]:
         return [(f"layers.{li}.options.{n}", p) for li, layer in self.layers.items() for n, p in layer.options.items()]
 
     # -------------------------------------------------------------- forward
 
-    def forward(self, x: torch.Tensor, tau: float = 1.0, noise: bool = True, hard: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relax: Relaxation = ARGMAX) -> torch.Tensor:
         x = self.stem(x)
         for layer in self.layers.values():
-            x = layer(x, tau, noise, hard)
+            x = layer(x, relax)
         return self.head(x)
 
     def expected_raw_ms(self) -> torch.Tensor:
@@ -357,11 +407,7 @@ class Supernet(nn.Module):
         return self.space.arch_from_choices(self.choices(), name, provenance)
 
 
-def block_latency_fn(table: LatencyTable) -> Callable[[LayerSlot, Candidate, int], float]:
-    def f(slot: LayerSlot, cand: Candidate, width: int) -> float:
-        return table.lookup(block_key(slot.block_spec(cand, width), slot.in_hw))
-
-    return f
 
 
-__all__ = ["Prunode", "StochasticLayer", "Supernet", "SKIP", "gumbel_softmax", "select_channels", "hidden_dims"]
+__all__ = ["Prunode", "StochasticLayer", "Supernet", "SKIP", "gumbel_softmax", "select_channels", "hidden_dims",
+           "Relaxation", "GumbelMixture", "ArgmaxPath", "ARGMAX"]
