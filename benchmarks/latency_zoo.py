@@ -28,7 +28,8 @@ from prunet.export import to_onnx
 from prunet.export.resolve import native_input_size, resolve_module
 from prunet.latency import Candidate, measure_interleaved
 from prunet.latency.provenance import machine, versions
-from prunet.latency.report import _atomic_write, plot, write_json
+from prunet._io import atomic_write_text
+from prunet.latency.report import plot, write_json
 
 MODELS = ["prunet_p0", "prunet_p1", "gpunet_0", "resnet50", "efficientnet_b0",
           "mobilenetv3_large_100"]
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "latency_zoo.json", results, **extra)
     plot(out / "latency_zoo.png", results,
          title=f"CPU latency, batch 1, {args.threads} thread(s): torch eager vs onnxruntime")
-    _atomic_write(out / "latency_zoo.md", markdown(rows, extra).encode())
+    atomic_write_text(out / "latency_zoo.md", markdown(rows, extra))
     print(markdown(rows, extra))
     return 0
 

@@ -68,9 +68,10 @@ def _create_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _write_json(path: str, doc: dict) -> None:
-    from prunet.latency.report import _atomic_write
+    from prunet._io import atomic_write_text
 
-    _atomic_write(Path(path), (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
 
 
 # ----------------------------------------------------------------------------- export onnx

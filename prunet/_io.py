@@ -56,6 +56,18 @@ def atomic_write_text(path: str | os.PathLike, data: str) -> None:
     atomic_write_bytes(path, data.encode("utf-8"))
 
 
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write_bytes` (checkpoints: a kill mid-write must leave
+    the previous checkpoint, not half a new one)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 class OutputExistsError(FileExistsError):
     """An output file or folder exists and the user did not ask to replace it (``--overwrite``).
 

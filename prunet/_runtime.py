@@ -142,10 +142,17 @@ class StopSignals:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
 
-    def __enter__(self) -> "StopSignals":
+    def install(self) -> "StopSignals":
         self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def restore(self) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
+
+    def __enter__(self) -> "StopSignals":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()

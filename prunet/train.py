@@ -12,19 +12,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from prunet._io import atomic_write_bytes, atomic_write_text, default_file_mode
+from prunet._io import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from prunet import _runtime
 from prunet.arch import save as save_arch
 from prunet.data.classification import BatchStream, DataError, ImageSet, fashion_mnist_set, imagefolder_set, train_val_split
 
@@ -101,23 +99,12 @@ class TrainResult:
 # ----------------------------------------------------------------------------- pieces
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def init_distributed() -> tuple[int, int, torch.device]:
-    """Join the torchrun process group when launched by torchrun; single process otherwise."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    rank, world = _dist()
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+    """This process's GPU when there is one (else the CPU), joining torchrun's process group; the
+    same helper as the search's (:mod:`prunet._runtime`)."""
+    device = _runtime.init_distributed(None)
+    rank, world = _runtime.world()
+    return rank, world, device
 
 
 def open_data(cfg: TrainConfig, input_size: tuple[int, int, int]) -> tuple[ImageSet, list[int], ImageSet, list[int]]:
@@ -183,19 +170,6 @@ def evaluate(model: torch.nn.Module, data: ImageSet, indices: list[int], batch_s
     return 100.0 * correct / max(1, len(indices))
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def load_training_state(path: Path) -> dict[str, Any]:
     """Read ``checkpoint.pt`` weights-only: a file in a run folder may come from anywhere, and
     what :func:`train` saves is tensors and plain data only, so nothing else needs allowing."""
@@ -205,18 +179,6 @@ def load_training_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise TrainError(f"{path}: not a prunet training checkpoint (expected a dict with 'model' and 'step')")
     return state
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -307,29 +269,26 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
             ema.module.load_state_dict(state["ema"])
         scaler.load_state_dict(state["scaler"])
         stream.load_state_dict(state["stream"][rank] if isinstance(state["stream"], list) else state["stream"])
-        _set_rng_state(state["rng"])
+        try:
+            _runtime.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"], device)
+        except (ValueError, IndexError, KeyError, TypeError) as e:
+            raise TrainError(f"{ckpt_path}: RNG state does not fit this run ({e})") from None
         step, history, wall_before = state["step"], state["history"], state["wall_s"]
 
+    comm = _runtime.Collectives(device)
+
     def checkpoint() -> None:
-        streams = [None] * world
-        if world > 1:
-            dist.all_gather_object(streams, stream.state_dict())
-        else:
-            streams = [stream.state_dict()]
+        streams = comm.gather_objects(stream.state_dict())
+        rngs = comm.gather_objects(_runtime.rng_state(device))
         if rank == 0:
             atomic_torch_save({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "ema": ema.module.state_dict() if ema else None,
-                "scaler": scaler.state_dict(), "stream": streams, "rng": _rng_state(), "step": step,
+                "scaler": scaler.state_dict(), "stream": streams, "rng": rngs, "step": step,
                 "history": history, "wall_s": wall_before + time.time() - t0,
             }, ckpt_path)
 
-    stop = {"flag": False}
-
-    def on_signal(signum, frame):  # finish the step, checkpoint, exit cleanly
-        stop["flag"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if rank == 0 and world == 1 else {}
+    signals = _runtime.StopSignals().install()  # a signal ends the step, checkpoints, exits cleanly
     t0 = time.time()
     loss_val = float("nan")
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=quiet or rank != 0)
@@ -362,17 +321,14 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
             history.append({"step": step, "loss": loss_val, "lr": scheduler.get_last_lr()[0]})
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.3f}")
-            flag = torch.tensor([1.0 if stop["flag"] else 0.0])
-            if world > 1:
-                dist.all_reduce(flag)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or flag.item() > 0 or step == stop_after:
+            stop = comm.max_int(signals.signum)  # every rank stops at the same step
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop or step == stop_after:
                 checkpoint()
-            if flag.item() > 0 or step == stop_after:
+            if stop or step == stop_after:
                 break
     finally:
         bar.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+        signals.restore()
 
     wall = wall_before + time.time() - t0
     if step < cfg.steps:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import random
@@ -30,7 +29,7 @@ from typing import Any, Iterator
 import torch
 
 from prunet import _runtime
-from prunet._io import atomic_write_bytes, atomic_write_text
+from prunet._io import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from prunet.arch import Latency, Provenance, save
 from prunet.latency.lut import LatencyTable, LutError, load_table, min_reachable_ms
 from prunet.search.config import RunSpec, SearchError, changed_fields
@@ -296,9 +295,7 @@ class SearchLoop:
             "rng": rngs, "streams": {"train": self.train_stream.state_dict(), "val": self.val_stream.state_dict()},
             "events": list(self.events), "wall_s": self._wall(),
         }
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.ckpt_path, buf.getvalue())
+        atomic_torch_save(state, self.ckpt_path)
 
     def load_checkpoint(self) -> None:
         path = self.ckpt_path
