@@ -67,7 +67,7 @@ def test_refusals_leave_files_alone(finished, tiny_space, tiny_lut, tiny_config,
 
     fresh = tmp_path / "low"
     r = run(search_cmd(tiny_space, tiny_lut, tiny_config, fresh, 1e-6))
-    assert r.returncode == 2 and "below the smallest net" in r.stderr and not (fresh / "run.json").exists()
+    assert r.returncode == 2 and "below the smallest net" in r.stderr and not fresh.exists()  # nothing left behind
 
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**TINY_SPACE, "head": {"conv_chs": 72}}))
@@ -97,3 +97,35 @@ def test_corrupt_checkpoint_is_refused_untouched(tiny_space, tiny_lut, tiny_conf
     r = run([PY, "-m", "prunet.cli", "search", "resume", str(out), "--quiet"])
     assert r.returncode == 2 and "corrupt or unreadable checkpoint" in r.stderr
     assert ck.read_bytes() == data[: len(data) // 2] and not (out / "arch.json").exists()
+
+
+def test_resume_refuses_an_edited_run_json(tiny_space, tiny_lut, tiny_config, tmp_path):
+    out = tmp_path / "e"
+    target = mid_target(tiny_lut, tiny_space)
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target, "--steps", "4", "--warmup-steps", "2",
+                       "--checkpoint-every", "2"))
+    assert r.returncode == 0, r.stderr
+    (out / "arch.json").unlink()
+    (out / "summary.json").unlink()
+    spec = json.loads((out / "run.json").read_text())
+    spec["target_ms"] *= 2
+    spec["loop"]["batch_size"] = 8
+    (out / "run.json").write_text(json.dumps(spec))
+    r = run([PY, "-m", "prunet.cli", "search", "resume", str(out), "--quiet"])
+    assert r.returncode == 2 and "edited since the search started" in r.stderr
+    assert "target_ms" in r.stderr and "loop.batch_size" in r.stderr and not (out / "arch.json").exists()
+    r = run([PY, "-m", "prunet.cli", "search", "resume", str(out / "run.json"), "--quiet"])  # a file, not a folder
+    assert r.returncode == 2 and "not a search run folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_existing_folder_needs_overwrite_and_keeps_foreign_files(tiny_space, tiny_lut, tiny_config, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    target = mid_target(tiny_lut, tiny_space)
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target, "--steps", "2", "--warmup-steps", "1"))
+    assert r.returncode == 2 and "--overwrite" in r.stderr and not (out / "run.json").exists()
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target, "--steps", "2", "--warmup-steps", "1",
+                       "--overwrite"))
+    assert r.returncode == 0, r.stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "arch.json").exists()

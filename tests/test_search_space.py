@@ -65,3 +65,17 @@ def test_skip_only_where_shapes_allow_and_hash_tracks_content():
     d = json.loads(json.dumps(TINY_SPACE))
     d["head"]["conv_chs"] = 72
     assert from_dict(d).hash != sp.hash
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "", "x" * 101, "tab\tname"])
+def test_space_names_that_become_file_names_are_checked(name):
+    with pytest.raises(SpaceError, match="name: expected letters"):
+        from_dict({**TINY_SPACE, "name": name})
+
+
+def test_duplicate_keys_in_a_space_file_are_refused(tmp_path):
+    p = tmp_path / "dup.json"
+    text = json.dumps(TINY_SPACE)
+    p.write_text(text.replace('"num_classes": 10', '"num_classes": 10, "num_classes": 12'))
+    with pytest.raises(SpaceError, match="num_classes"):
+        load_space(p)

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import resource
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -124,9 +125,10 @@ class SearchLoop:
             raise SearchError(f"--space: {e}") from None
         self.table = table if table is not None else self._load_or_build_table()
         self.table.check_for(self.space.hash, run.backend, run.latency_threads)
-        check_machine = getattr(self.table, "check_machine", None)
-        if check_machine is not None:
-            check_machine(allow_foreign=run.allow_foreign_lut)
+        foreign = self.table.check_machine(allow_foreign=run.allow_foreign_lut)
+        if foreign and not quiet and self.rank == 0:
+            print(f"prunet: warning: {self.table.path}: measured on another machine ({'; '.join(foreign)}); "
+                  "its latencies may not hold here (--allow-foreign-lut)", file=sys.stderr)
         floor = min_reachable_ms(self.table, self.space)
         if run.target_ms < floor:
             raise SearchError(f"--target-ms {run.target_ms}: below the smallest net the space "

@@ -140,7 +140,7 @@ class SearchSpace:
     def layers(self) -> list[LayerSlot]:
         h, w = self.input_size[1:]
         for c in self.stem:
-            h, w = _out_hw((h, w), c.kernel, c.stride)
+            h, w = c.out_hw((h, w))
         out: list[LayerSlot] = []
         prev = self.stem[-1].out_chs
         for si, st in enumerate(self.stages):
@@ -148,14 +148,14 @@ class SearchSpace:
                 stride = st.stride if j == 0 else 1
                 skippable = stride == 1 and prev == st.out_chs and j >= st.min_depth
                 out.append(LayerSlot(len(out), si, prev, st.out_chs, stride, (h, w), st.candidates, skippable))
-                h, w = _out_hw((h, w), 3, stride)
+                h, w = conv_out_hw((h, w), 3, stride)
                 prev = st.out_chs
         return out
 
     def final_hw(self) -> tuple[int, int]:
         layers = self.layers()
         last = layers[-1]
-        return _out_hw(last.in_hw, 3, last.stride)
+        return conv_out_hw(last.in_hw, 3, last.stride)
 
     def arch_from_choices(self, choices: list[tuple[Candidate, int] | None], name: str,
                           provenance: Provenance | None = None) -> ArchSpec:
@@ -178,10 +178,6 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.raw or {})
-
-
-def _out_hw(hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int]:
-    return conv_out_hw(hw, kernel, stride, "symmetric")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -297,7 +293,7 @@ def _from_dict(obj: Any, source: str | None) -> SearchSpace:
                         stages=tuple(stages), head=head, source=source or "", raw=json.loads(json.dumps(obj)))
     # Every layer must keep a positive feature map and an in-range hidden width.
     for slot in space.layers():
-        if min(slot.in_hw) < 1 or min(_out_hw(slot.in_hw, 3, slot.stride)) < 1:
+        if min(slot.in_hw) < 1 or min(conv_out_hw(slot.in_hw, 3, slot.stride)) < 1:
             raise SpaceError(f"stages[{slot.stage}]", f"the feature map vanishes for input {input_size[1]}x{input_size[2]}")
         for ci, cand in enumerate(slot.candidates):
             hi = make_divisible(slot.in_chs * cand.max_expansion, step)
