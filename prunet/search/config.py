@@ -105,6 +105,9 @@ class RunSpec:
         if not isinstance(d, dict):
             raise SearchError(f"{where}: expected a JSON object")
         d = dict(d)
+        if "config" in d and "loop" not in d:
+            raise SearchError(f"{where}: written by an earlier prunet (one flat 'config'); this version cannot "
+                              "resume it: start the search again")
         loop = dataclass_from_dict(LoopConfig, d.pop("loop", {}), f"{where}: loop")
         strategy_config = d.pop("strategy_config", {})
         if not isinstance(strategy_config, dict):
