@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 def unpickler_reason(msg: str) -> str:
@@ -27,23 +26,29 @@ def unpickler_reason(msg: str) -> str:
 
 
 def load(source: str | os.PathLike | io.BytesIO, what: str, error: Callable[[str], Exception],
-         map_location: Any = "cpu") -> Any:
+         map_location: Any = "cpu", allow: Sequence[Any] = ()) -> Any:
     """``torch.load(source, weights_only=True)``; a refused or unreadable file raises ``error(line)``.
 
     ``what`` names the file in the message (a path, or ``zip:member``); ``error`` is the caller's
-    package error class, so the CLI prints the line as a user error.
+    package error class, so the CLI prints the line as a user error. ``allow``: extra types that
+    are plain data (e.g. ``argparse.Namespace``, which timm's training checkpoints hold as ``args``).
     """
     import torch
 
     try:
-        return torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = unpickler_reason(str(e))
-        m = re.search(r"GLOBAL (\S+)", reason)  # "Unsupported global: GLOBAL io.open was not an allowed ..."
-        if m:
-            raise error(f"{what}: refused by the weights-only loader: it names {m.group(1)}, which could run code "
-                        "when loaded; only tensors and plain data are accepted") from None
-        raise error(f"{what}: not a readable PyTorch checkpoint ({reason})") from None
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
-        raise error(f"{what}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-                    f"{unpickler_reason(str(e))})") from None
+        raise error(describe_failure(what, e)) from None
+
+
+def describe_failure(what: str, err: BaseException) -> str:
+    """One line for a file a weights-only reader (torch's, or timm's around it) did not accept:
+    refused because the pickle names code, or not a checkpoint at all."""
+    cause = err.__cause__ if err.__cause__ is not None else err  # timm re-raises torch's error
+    reason = unpickler_reason(str(cause))
+    m = re.search(r"GLOBAL (\S+)", reason)  # "Unsupported global: GLOBAL io.open was not an allowed ..."
+    if m:
+        return (f"{what}: refused by the weights-only loader: it names {m.group(1)}, which could run code "
+                "when loaded; only tensors and plain data are accepted")
+    return f"{what}: not a readable PyTorch checkpoint ({type(cause).__name__}: {reason})"

@@ -4,6 +4,7 @@ No real network: an NGC-format zip built from the fixtures' manifest (NVIDIA's k
 shapes, deterministic recipe weights) and a converted Hub repo are served from 127.0.0.1.
 """
 
+import argparse
 import io
 import json
 import os
@@ -23,8 +24,10 @@ from nvidia_reference import manifest, recipe_input, recipe_weights, reference_l
 
 
 def _ngc_zip(path, member, sd, fmt="raw"):
-    obj = sd if fmt == "raw" else {"epoch": 3, "state_dict": {k: torch.zeros_like(v) for k, v in sd.items()},
-                                   "state_dict_ema": sd}
+    # fmt="timm": what timm's CheckpointSaver (NVIDIA's train.py) writes, argparse.Namespace included
+    obj = sd if fmt == "raw" else {"epoch": 3, "arch": "gpunet", "args": argparse.Namespace(model="gpunet", lr=0.08),
+                                   "state_dict": {k: torch.zeros_like(v) for k, v in sd.items()},
+                                   "state_dict_ema": sd, "version": 2}
     buf = io.BytesIO()
     torch.save(obj, buf)
     with zipfile.ZipFile(path, "w") as zf:
@@ -124,6 +127,30 @@ def test_wrong_checkpoint_lists_keys_and_leaves_model_untouched(served):
         prunet.zoo.factory.load_into(model, ours)
     assert "missing keys" in str(err.value) and "unexpected keys" in str(err.value)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_checkpoint_reading_is_timms(tmp_path):
+    """Files other than NGC zips go through timm's load_state_dict/clean_state_dict (issue 12, item
+    13): torch.compile's ``_orig_mod.`` prefix (alone or around DDP's ``module.``) is stripped,
+    the EMA weights preferred, and a pickle naming code refused."""
+    model = prunet.create_model("prunet_p0")
+    sd = model.state_dict()
+    path = tmp_path / "compiled.pth"
+    torch.save({"args": argparse.Namespace(model="prunet_p0"), "state_dict": {f"x{k}": v for k, v in sd.items()},
+                "state_dict_ema": {f"_orig_mod.module.{k}": v for k, v in sd.items()}}, path)
+    got = prunet.zoo.read_checkpoint(path)
+    assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+    prunet.zoo.load_checkpoint(prunet.create_model("prunet_p0"), path)
+    assert list(prunet.zoo.read_checkpoint(path, prefer_ema=False))[0].startswith("x")
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "code-ran"), "w"))
+
+    torch.save({"state_dict": sd, "x": RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused by the weights-only loader: it names"):
+        prunet.zoo.read_checkpoint(path)
+    assert not (tmp_path / "code-ran").exists()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

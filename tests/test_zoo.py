@@ -156,3 +156,19 @@ def test_every_registered_name_builds_with_default_arguments():
     assert timm.models.get_pretrained_cfg("prunet_arch").input_size == (3, 224, 224)
     with pytest.raises(RuntimeError, match="No pretrained weights exist"):
         timm.create_model("prunet_arch", pretrained=True)
+
+
+def test_blocks_and_preprocessing_come_from_timm():
+    """SE and conv-BN-act are timm's EfficientNet blocks (same parameter names as NVIDIA's), mean/std
+    timm's constants (issue 12, item 13). IRB/fused blocks stay ours: timm's round the hidden
+    width to a multiple of 8, searched widths are arbitrary."""
+    from timm.models._efficientnet_blocks import ConvBnAct, SqueezeExcite
+
+    import prunet.zoo.factory as factory
+
+    model = timm.create_model("gpunet_1")
+    assert isinstance(model.stem[0], ConvBnAct)
+    se = [m for m in model.modules() if isinstance(m, SqueezeExcite)]
+    assert se and all(hasattr(m, "conv_reduce") and hasattr(m, "conv_expand") for m in se)
+    assert factory.IMAGENET_MEAN is timm.data.IMAGENET_DEFAULT_MEAN
+    assert factory.IMAGENET_STD is timm.data.IMAGENET_DEFAULT_STD

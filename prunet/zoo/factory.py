@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from prunet.arch import ArchError, ArchSpec, load
@@ -22,8 +23,7 @@ from prunet.nn import PruNet, feature_map_size
 from prunet.zoo import registry
 from prunet.zoo.nvidia import CheckpointError, is_nvidia_state_dict, load_into, read_checkpoint
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # what NVIDIA evaluates with
 PAPER_IDS = ("arXiv:2209.11785", "arXiv:2205.00841")
 
 

@@ -9,6 +9,7 @@ model was built from — and works for any config NVIDIA's builder accepts.
 
 from __future__ import annotations
 
+import argparse
 import io
 import re
 import zipfile
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from timm.models import clean_state_dict
+from timm.models import load_state_dict as timm_load_state_dict
 
 from prunet import _weights_only
 from prunet.arch import ArchSpec, ConvSpec, FusedIRBSpec, IRBSpec
@@ -120,11 +123,8 @@ def convert_nvidia_state_dict(nvidia_sd: Mapping[str, torch.Tensor], spec: ArchS
 
 
 def strip_wrappers(sd: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Drop DDP's ``module.`` prefix if every key has it."""
-    keys = list(sd)
-    if keys and all(k.startswith("module.") for k in keys):
-        return OrderedDict((k[len("module."):], v) for k, v in sd.items())
-    return sd
+    """Drop DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes (timm's ``clean_state_dict``)."""
+    return clean_state_dict(dict(sd))
 
 
 def extract_state_dict(obj: Any, prefer_ema: bool = True) -> Mapping[str, torch.Tensor]:
@@ -144,37 +144,46 @@ def extract_state_dict(obj: Any, prefer_ema: bool = True) -> Mapping[str, torch.
 def read_checkpoint(path: str | Path, prefer_ema: bool = True) -> Mapping[str, torch.Tensor]:
     """Read NVIDIA's NGC zip (holding ``<config>.pth.tar``), a ``.pth``/``.pth.tar`` or safetensors file.
 
-    ``torch.load(weights_only=True)``: a checkpoint is data and must never run code.
+    Weights-only: a checkpoint is data and must never run code. Files other than NGC zips are
+    read by timm's ``load_state_dict`` (safetensors or ``torch.load(weights_only=True)``, the EMA
+    weights when ``prefer_ema`` and the file has them, wrapper prefixes removed).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
     if zipfile.is_zipfile(path) and not _is_torch_zip(path):
-        with zipfile.ZipFile(path) as zf:
-            members = [n for n in zf.namelist() if n.endswith((".pth.tar", ".pth", ".pt"))]
-            if len(members) != 1:
-                raise CheckpointError(f"{path}: expected one .pth/.pth.tar file in the NGC zip, found {members}")
-            data = zf.read(members[0])
-        obj = _weights_only.load(io.BytesIO(data), f"{path}:{members[0]}", CheckpointError)
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    return extract_state_dict(obj, prefer_ema=prefer_ema)
-
-
-def _read_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
-    """safetensors' own error for a truncated or foreign file is a bare ``SafetensorError``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+        return _read_ngc_zip(path, prefer_ema)
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        sd = timm_load_state_dict(str(path), use_ema=prefer_ema, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and timm raise many types for a bad file
+        raise CheckpointError(_unreadable(path, e)) from None
+    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: no state dict found in checkpoint (expected a tensor dict or one under "
+                              "'state_dict_ema'/'state_dict'/'model')")
+    return sd
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """One line for a file timm's reader did not accept (code named in the pickle, or no checkpoint)."""
+    if path.suffix == ".safetensors":
+        msg = str(err)
+        return f"{path}: not a readable safetensors file ({msg.splitlines()[0] if msg else type(err).__name__})"
+    return _weights_only.describe_failure(str(path), err)
+
+
+def _read_ngc_zip(path: Path, prefer_ema: bool) -> Mapping[str, torch.Tensor]:
+    """NGC serves a zip around NVIDIA's ``.pth.tar``: read the one member, weights-only.
+
+    NVIDIA trained with timm's train.py, whose checkpoints keep the run's ``argparse.Namespace``
+    as ``args``: plain data, allowed as timm's own reader allows it.
+    """
+    with zipfile.ZipFile(path) as zf:
+        members = [n for n in zf.namelist() if n.endswith((".pth.tar", ".pth", ".pt"))]
+        if len(members) != 1:
+            raise CheckpointError(f"{path}: expected one .pth/.pth.tar file in the NGC zip, found {members}")
+        data = zf.read(members[0])
+    obj = _weights_only.load(io.BytesIO(data), f"{path}:{members[0]}", CheckpointError, allow=[argparse.Namespace])
+    return extract_state_dict(obj, prefer_ema=prefer_ema)
 
 
 def _is_torch_zip(path: Path) -> bool:
