@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
 
 
 def _backends() -> tuple[str, ...]:
@@ -21,17 +20,22 @@ def _backends() -> tuple[str, ...]:
 
 
 def _fail(exc: BaseException) -> int:
-    print(f"prunet: error: {exc}", file=sys.stderr)
-    return EXIT_USAGE
+    """One line (``prunet: error: ...``, exit 2); the traceback only under --debug / PRUNET_DEBUG."""
+    from prunet.cli import report_user_error
+
+    return report_user_error(exc)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from prunet._io import OutputExistsError
+    from prunet._runtime import DeviceError
     from prunet.arch import ArchError, JsonError, UnknownBlockType
     from prunet.data.classification import DataError
     from prunet.latency.lut import LutError
     from prunet.search.config import SearchError
 
-    errs: list[type[BaseException]] = [ArchError, JsonError, UnknownBlockType, DataError, LutError, SearchError]
+    errs: list[type[BaseException]] = [ArchError, JsonError, UnknownBlockType, DataError, LutError, SearchError,
+                                       OutputExistsError, DeviceError]
     try:
         from prunet.export.errors import PrunetExportError
 
@@ -72,7 +76,7 @@ def _settings_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def cmd_search_run(args: argparse.Namespace) -> int:
-    from prunet._runtime import DeviceError, init_distributed
+    from prunet._runtime import init_distributed
     from prunet.search.config import RunSpec
     from prunet.search.loop import SearchInterrupted, run_search
 
@@ -87,14 +91,14 @@ def cmd_search_run(args: argparse.Namespace) -> int:
     except SearchInterrupted as e:
         print(f"prunet: {e}", file=sys.stderr)
         return 128 + e.signum
-    except (*_user_errors(), DeviceError) as e:
+    except _user_errors() as e:
         return _fail(e)
     _report(summary, args.quiet)
     return 0
 
 
 def cmd_search_resume(args: argparse.Namespace) -> int:
-    from prunet._runtime import DeviceError, init_distributed
+    from prunet._runtime import init_distributed
     from prunet.search.loop import SearchInterrupted, read_run, resume_search
 
     try:
@@ -103,7 +107,7 @@ def cmd_search_resume(args: argparse.Namespace) -> int:
     except SearchInterrupted as e:
         print(f"prunet: {e}", file=sys.stderr)
         return 128 + e.signum
-    except (*_user_errors(), DeviceError) as e:
+    except _user_errors() as e:
         return _fail(e)
     _report(summary, args.quiet)
     return 0
@@ -175,7 +179,10 @@ def cmd_build_lut(args: argparse.Namespace) -> int:
     from prunet.latency.lut import Measurer, build_table
     from prunet.search.space import load_space
 
+    from prunet._io import check_output
+
     try:
+        check_output(args.out, args.overwrite)
         space = load_space(args.space)
         m = Measurer(backend=args.backend, threads=args.threads, iters=args.iters, warmup=args.warmup)
         table = build_table(space, m, calib_nets=args.calib_nets, seed=args.seed, progress=not args.quiet)
@@ -208,15 +215,22 @@ def _space_for_table(table: Any, given: str | None) -> Any:
 def cmd_validate_lut(args: argparse.Namespace) -> int:
     from prunet.latency.lut import Measurer, load_table, validate_table
 
+    from prunet._io import check_output
+
     try:
+        if args.plot:
+            check_output(args.plot, args.overwrite)
         table = load_table(args.lut)
         space = _space_for_table(table, args.space)
         m = Measurer(backend=table.backend, threads=table.threads, iters=args.iters, warmup=args.warmup,
                      statistic=table.statistic)
         res = validate_table(table, space, m, samples=args.samples, seed=args.seed, progress=not (args.quiet or args.json),
-                             plot=args.plot, correct_drift=args.correct_drift)
+                             plot=args.plot, correct_drift=args.correct_drift, allow_foreign=args.allow_foreign_lut)
     except _user_errors() as e:
         return _fail(e)
+    if res.get("foreign_machine"):
+        print(f"prunet: warning: {args.lut}: measured on another machine ({'; '.join(res['foreign_machine'])})",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(res))
     else:
@@ -236,6 +250,7 @@ def add_latency_commands(sub: Any) -> None:
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--calib-nets", dest="calib_nets", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_lut)
@@ -247,6 +262,9 @@ def add_latency_commands(sub: Any) -> None:
     p.add_argument("--plot", default=None, help="write a predicted-vs-measured PNG here")
     p.add_argument("--correct-drift", dest="correct_drift", action="store_true",
                    help="scale predictions by the reference net's drift ratio")
+    p.add_argument("--allow-foreign-lut", dest="allow_foreign_lut", action="store_true",
+                   help="validate a table measured on another machine or software stack")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--seed", type=int, default=1)

@@ -32,7 +32,7 @@ import torch
 from prunet import _runtime
 from prunet._io import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from prunet.arch import Latency, Provenance, save
-from prunet.latency.lut import LatencyTable, LutError, load_table, min_reachable_ms
+from prunet.latency.lut import STATISTIC, LatencyTable, LutError, load_table, min_reachable_ms
 from prunet.search.config import RunSpec, SearchError, changed_fields
 from prunet.search.space import SpaceError, load_space
 from prunet.search.strategy import Named, Strategy, StrategyContext, StructureChange, get_strategy
@@ -124,7 +124,7 @@ class SearchLoop:
         except SpaceError as e:
             raise SearchError(f"--space: {e}") from None
         self.table = table if table is not None else self._load_or_build_table()
-        self.table.check_for(self.space.hash, run.backend, run.latency_threads)
+        self.table.check_for(self.space.hash, run.backend, run.latency_threads, statistic=STATISTIC)
         foreign = self.table.check_machine(allow_foreign=run.allow_foreign_lut)
         if foreign and not quiet and self.rank == 0:
             print(f"prunet: warning: {self.table.path}: measured on another machine ({'; '.join(foreign)}); "

@@ -25,10 +25,20 @@ def ensure_table(space: SearchSpace, backend: str = "onnxruntime", threads: int 
     """The cached latency table of ``space`` on this machine, measured now if there is none yet."""
     from prunet.latency.lut import Measurer, build_table
 
+    from prunet.latency.lut import LutError, load_table
+
     path = default_lut_path(space, backend, threads)
-    if not path.exists():
-        if not quiet:
-            print(f"no latency table given: measuring one for {space.name!r} on {backend} "
-                  f"({threads} thread(s)) into {path}", file=sys.stderr)
-        build_table(space, Measurer(backend=backend, threads=threads), progress=not quiet).save(path)
+    why = "no latency table given"
+    if path.exists():
+        try:
+            stale = load_table(path).machine_differences()  # the cache may come from another machine
+        except LutError as e:
+            stale = [str(e)]
+        if not stale:
+            return path
+        why = f"the cached table was measured elsewhere ({'; '.join(stale)})"
+    if not quiet:
+        print(f"{why}: measuring one for {space.name!r} on {backend} ({threads} thread(s)) into {path}",
+              file=sys.stderr)
+    build_table(space, Measurer(backend=backend, threads=threads), progress=not quiet).save(path)
     return path
