@@ -244,3 +244,35 @@ def test_hf_hub_names_work_in_create_model_train_and_export(tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"arch": "prunet_arch", "input": [3, 288, 288], "resolved": "PruNetZooModel",
                    "file_name": "searched", "same": True}
+
+
+FINETUNED_CHILD = r"""
+import sys, torch, timm
+import prunet
+model = timm.create_model(sys.argv[1], pretrained=True)
+torch.save(model.state_dict(), sys.argv[2])
+print(model.num_classes, model.in_chans, model.pretrained_cfg["crop_pct"])
+"""
+
+
+def test_hub_repo_is_timms_save_for_hf_and_carries_a_new_head(tmp_path):
+    """Repos are written by timm's save_for_hf (issue 12, item 13), so the model's current head
+    and input channels travel: a 10-class, 1-channel fine-tune of a zoo model reloads as one."""
+    from prunet.zoo.hub import save_hub_repo
+
+    torch.manual_seed(0)
+    model = prunet.create_model("prunet_p0", in_chans=1)
+    model.reset_classifier(10)
+    repo = save_hub_repo(model, tmp_path / "hub" / "me" / "p0-tuned", zoo_name="prunet_p0")
+    cfg = json.loads((repo / "config.json").read_text())
+    assert cfg["architecture"] == "prunet_p0" and cfg["model_args"]["num_classes"] == 10
+    assert "library_name: timm" in (repo / "README.md").read_text()
+    with StandIn(tmp_path / "hub") as server:
+        env = dict(os.environ, HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        env.pop("HF_HUB_OFFLINE", None)
+        out = subprocess.run([sys.executable, "-c", FINETUNED_CHILD, "hf-hub:me/p0-tuned", str(tmp_path / "sd.pt")],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-3:] == ["10", "1", "0.875"]
+    loaded = torch.load(tmp_path / "sd.pt", weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())

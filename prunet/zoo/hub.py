@@ -8,7 +8,6 @@ the generic ``prunet_arch`` entrypoint, so they load the same way.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,66 +20,63 @@ from prunet.zoo import registry
 from prunet.zoo.factory import build, load_checkpoint, pretrained_cfg_for
 
 
-def hub_config(spec: ArchSpec, zoo_name: str | None) -> dict[str, Any]:
-    """timm's ``config.json``: architecture name, classifier shape and the pretrained_cfg."""
+def hub_export_args(model: Any, zoo_name: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``model_config`` and ``model_args`` for timm's ``save_for_hf``/``push_to_hf_hub``.
+
+    The pretrained_cfg is the zoo's (NVIDIA's evaluation settings) under the zoo name; any other
+    architecture is written as ``prunet_arch`` with the architecture itself in ``model_args``, so
+    ``timm.create_model('hf-hub:...')`` rebuilds it. timm adds the model's current ``num_classes``,
+    ``in_chans`` and pooling, so a fine-tuned head travels too.
+    """
+    spec = model.arch
     entry = registry.entry(zoo_name) if zoo_name else None
     cfg = pretrained_cfg_for(spec, entry)
     for key in ("url", "custom_load", "hf_hub_id"):
         cfg.pop(key, None)
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-    out: dict[str, Any] = {
-        "architecture": zoo_name or "prunet_arch",
-        "num_classes": spec.num_classes,
-        "num_features": spec.head.conv_chs,
-        "global_pool": "avg",
-        "pretrained_cfg": cfg,
-    }
-    if not zoo_name:
-        out["model_args"] = {"arch": to_dict(spec)}
-    return out
+    cfg["architecture"] = zoo_name or "prunet_arch"
+    return {"pretrained_cfg": cfg}, (None if zoo_name else {"arch": to_dict(spec)})
 
 
-def model_card(spec: ArchSpec, zoo_name: str | None, source: str) -> str:
+def model_card(spec: ArchSpec, zoo_name: str | None, source: str) -> dict[str, Any]:
+    """The model card as timm's ``generate_readme`` takes it (also what ``push_to_hf_hub`` writes)."""
     entry = registry.entry(zoo_name) if zoo_name else None
-    title = entry.display_name if entry else spec.name
     pub = entry.published if entry else {}
-    lines = [
-        "---",
-        "library_name: timm",
-        "license: apache-2.0",
-        "tags: [image-classification, timm, prunet, gpunet]",
-        "---",
-        f"# {title}",
-        "",
-        f"Converted with `prunet zoo convert-ngc` from `{Path(source).name}`.",
-        "",
-        "```python",
-        "import prunet, timm",
-        "model = timm.create_model('hf-hub:<this repo>', pretrained=True)",
-        "```",
-        "",
-        f"- architecture: {len(spec.blocks)} blocks, input {spec.input_size[1]}x{spec.input_size[2]}",
-    ]
+    details: dict[str, Any] = {
+        "Architecture": f"{len(spec.blocks)} blocks, input {spec.input_size[1]}x{spec.input_size[2]}",
+        "Source": f"converted with `prunet zoo convert-ngc` from `{Path(source).name}`",
+    }
     if pub:
-        lines.append(f"- NVIDIA's published figures: top-1 {pub.get('top1')} %, latency {pub.get('latency_ms')} ms "
-                     f"({pub.get('latency_protocol')}); source: {pub.get('source')}")
+        details["NVIDIA's published figures"] = (
+            f"top-1 {pub.get('top1')} %, latency {pub.get('latency_ms')} ms ({pub.get('latency_protocol')}); "
+            f"source: {pub.get('source')}")
     if entry and entry.license.get("weights"):
-        lines.append(f"- weights licence: {entry.license['weights']}")
-    return "\n".join(lines) + "\n"
+        details["Weights licence"] = entry.license["weights"]
+    return {
+        "license": "apache-2.0",
+        "tags": ["image-classification", "timm", "prunet", "gpunet"],
+        "description": entry.display_name if entry else spec.name,
+        "details": details,
+        "usage": "```python\nimport prunet, timm\n"
+                 "model = timm.create_model('hf-hub:<this repo>', pretrained=True)\n```\n",
+    }
 
 
 HUB_FILES = ("model.safetensors", "config.json", "README.md")
 
 
 def _hub_files(model: Any, zoo_name: str | None, source: str) -> dict[str, bytes]:
-    from safetensors.torch import save as safetensors_bytes
+    """The repo's files as timm's ``save_for_hf`` writes them (safetensors weights, config.json),
+    plus the model card; returned as bytes so the caller decides how they land (atomically)."""
+    from timm.models import save_for_hf
+    from timm.models._hub import generate_readme
 
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return {
-        "model.safetensors": safetensors_bytes(sd, metadata={"format": "pt"}),
-        "config.json": (json.dumps(hub_config(model.arch, zoo_name), indent=2) + "\n").encode(),
-        "README.md": model_card(model.arch, zoo_name, source or "checkpoint").encode(),
-    }
+    model_config, model_args = hub_export_args(model, zoo_name)
+    with tempfile.TemporaryDirectory(prefix="prunet-hub-") as tmp:
+        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True)
+        files = {name: (Path(tmp) / name).read_bytes() for name in HUB_FILES if name != "README.md"}
+    card = model_card(model.arch, zoo_name, source or "checkpoint")
+    files["README.md"] = generate_readme(card, zoo_name or model.arch.name).encode()
+    return files
 
 
 def save_hub_repo(model: Any, out_dir: str | os.PathLike, zoo_name: str | None, source: str = "",
@@ -129,11 +125,12 @@ def convert_ngc(checkpoint: str | os.PathLike, arch: str, out_dir: str | os.Path
     load_checkpoint(model, checkpoint)
     out = save_hub_repo(model, out_dir, zoo_name, source=str(checkpoint), overwrite=overwrite)
     if push_to_hub:
-        from huggingface_hub import HfApi
+        from timm.models import push_to_hf_hub
 
-        api = HfApi()
-        api.create_repo(push_to_hub, private=private, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=str(out), commit_message="Upload prunet conversion")
+        model_config, model_args = hub_export_args(model, zoo_name)
+        push_to_hf_hub(model, push_to_hub, commit_message="Upload prunet conversion", private=private,
+                       model_config=model_config, model_args=model_args,
+                       model_card=model_card(spec, zoo_name, str(checkpoint)), safe_serialization=True)
     return out
 
 
