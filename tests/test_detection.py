@@ -193,6 +193,30 @@ def test_frozen_stages_and_norm_eval():
 
 @pytest.mark.detection
 @needs_mmdet
+def test_frozen_stages_are_whole_named_modules(tmp_path):
+    """Frozen levels are the ``stem``/``stages.<i>`` modules in eval mode as a whole, so drop-path
+    in a frozen stage stops dropping too (issue 12, item 3: not by parameter order)."""
+    import dataclasses
+
+    import prunet
+
+    spec = dataclasses.replace(prunet.zoo.get_arch("prunet_p0"), drop_path_rate=0.5)
+    arch = prunet.arch.save(spec, tmp_path / "p0_droppath.json")
+    bb = _backbone(arch=str(arch), out_indices=(1, 2, 3), frozen_stages=2).train()
+    net = bb.model.model
+    frozen = [("stem", net.stem)] + [(f"stages.{i}", net.stages[i]) for i in range(3)]
+    for name, module in frozen:
+        assert not any(m.training for m in module.modules()), name
+        assert not any(p.requires_grad for p in module.parameters()), name
+    assert net.stages[3].training and all(p.requires_grad for p in net.stages[3].parameters())
+    assert any(type(m).__name__ == "DropPath" for m in net.stages[2].modules())
+    x = torch.randn(1, net.stages[2][0].spec.in_chs, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net.stages[2](x), net.stages[2](x))  # no drop-path in a frozen stage
+
+
+@pytest.mark.detection
+@needs_mmdet
 def test_checkpoint_loading_strict_and_prefixed(tmp_path):
     import prunet
 
@@ -394,17 +418,51 @@ def test_train_retinanet_p0_on_trees_then_evaluate(trees, tmp_path):
 
 @pytest.mark.detection
 @needs_mmdet
+def test_mmengine_keeps_its_loader_and_reads_its_own_checkpoints(tmp_path):
+    """Importing prunet.detection replaces nothing of mmengine's (issue 12, item 3): its own
+    local-file loader reads a Runner checkpoint (message hub with HistoryBuffer and numpy logs)
+    through torch's weights-only unpickler, with mmengine's types allow-listed."""
+    import numpy as np
+    from mmengine.logging import MessageHub
+    from mmengine.runner import CheckpointLoader
+
+    import prunet.detection  # noqa: F401
+
+    assert CheckpointLoader._schemes[""].__module__.startswith("mmengine."), CheckpointLoader._schemes[""]
+    hub = MessageHub.get_instance("prunet-test-ckpt")
+    for v in (0.5, np.float64(0.25), np.float32(0.125)):
+        hub.update_scalar("train/loss", v)
+    path = tmp_path / "iter_2.pth"
+    torch.save({"meta": {"iter": 2, "seed": np.int64(0)}, "state_dict": {"w": torch.ones(2)},
+                "message_hub": hub.state_dict()}, path)
+    ckpt = CheckpointLoader.load_checkpoint(str(path))
+    assert torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
+    assert ckpt["message_hub"]["log_scalars"]["train/loss"].mean() == pytest.approx((0.5 + 0.25 + 0.125) / 3)
+
+
+@pytest.mark.detection
+@needs_mmdet
 def test_checkpoint_loader_refuses_code_in_pickles(tmp_path):
-    """The weights-only loader allows mmengine's log types, not arbitrary getattr chains."""
+    """The allow-list admits mmengine's log types, not arbitrary getattr chains or callables."""
     import pickle
 
-    from prunet.detection.checkpoint import load_from_local_weights_only
+    from mmengine.runner import CheckpointLoader
+
+    import prunet.detection  # noqa: F401
 
     class Sneaky:
         def __reduce__(self):
             return getattr, (torch._utils._rebuild_tensor_v2, "__globals__")
 
+    class Opens:
+        def __reduce__(self):
+            return open, (str(tmp_path / "code-ran"), "w")
+
     path = tmp_path / "sneaky.pth"
     torch.save({"state_dict": {}, "x": Sneaky()}, path)
     with pytest.raises(pickle.UnpicklingError, match="refusing getattr"):
-        load_from_local_weights_only(str(path))
+        CheckpointLoader.load_checkpoint(str(path))
+    torch.save({"state_dict": {}, "x": Opens()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        CheckpointLoader.load_checkpoint(str(path))
+    assert not (tmp_path / "code-ran").exists()

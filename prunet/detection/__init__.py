@@ -2,9 +2,10 @@
 
 Importing this package registers ``PruNetBackbone`` in ``mmdet.registry.MODELS``, which is what
 ``custom_imports=dict(imports=['prunet.detection'])`` in a config relies on. It also teaches
-mmengine's ``CheckpointLoader`` the ``hf-hub:`` scheme, and replaces its local-file loader with a
-weights-only one that accepts the few non-tensor types mmengine's own checkpoints hold (with
-torch >= 2.6, mmengine 0.10.7 cannot otherwise read the checkpoints it writes).
+mmengine's ``CheckpointLoader`` the ``hf-hub:`` scheme (a new scheme; none of mmengine's own is
+replaced), and adds the few non-tensor types mmengine's own checkpoints hold to torch's
+weights-only allow-list (with torch >= 2.6, mmengine 0.10.7 cannot otherwise read the
+checkpoints it writes).
 """
 try:
     import mmdet  # noqa: F401
@@ -16,9 +17,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from prunet.detection.backbone import PruNetBackbone, backbone_channels
-from prunet.detection.checkpoint import register_hf_hub_scheme, register_weights_only_local_loader
+from prunet.detection.checkpoint import allow_mmengine_checkpoints, register_hf_hub_scheme
 
 register_hf_hub_scheme()
-register_weights_only_local_loader()
+allow_mmengine_checkpoints()
 
-__all__ = ["PruNetBackbone", "backbone_channels", "register_hf_hub_scheme", "register_weights_only_local_loader"]
+__all__ = ["PruNetBackbone", "allow_mmengine_checkpoints", "backbone_channels", "register_hf_hub_scheme"]

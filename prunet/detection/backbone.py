@@ -14,11 +14,13 @@ from typing import Sequence
 import torch
 from mmengine.model import BaseModule
 from torch import nn
+from timm.models import FeatureDictNet
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdet.registry import MODELS
 
-from prunet.detection.checkpoint import _name_candidates, match_state_dict, read_checkpoint
+from prunet.detection.checkpoint import match_state_dict, read_checkpoint
+from prunet.nn import PruNet
 
 __all__ = ["PruNetBackbone", "backbone_channels"]
 
@@ -119,8 +121,8 @@ class PruNetBackbone(BaseModule):
     Args:
         arch: zoo model name (e.g. ``'prunet_p0'``) or path to an architecture JSON.
         out_indices: feature levels to return (level ``i`` has stride ``2**(i+1)``).
-        frozen_stages: freeze every parameter up to and including feature level ``frozen_stages``
-            (``-1``: nothing; ``0``: the stem and level 0), and keep those norm layers in eval mode.
+        frozen_stages: freeze the stem and the stage modules of feature levels 0..``frozen_stages``
+            (``-1``: nothing) and keep them in eval mode (BN statistics, dropout, drop-path).
             Matches mmdet's ResNet, whose ``frozen_stages=1`` freezes through stride 4 (level 1).
         norm_eval: keep all BatchNorm layers in eval mode during training (frozen statistics).
         pretrained: ``True`` loads the zoo's weights for ``arch``; a path or ``hf-hub:`` reference
@@ -202,36 +204,42 @@ class PruNetBackbone(BaseModule):
         self._is_init = True  # mmengine: weights are set, nothing to initialise
 
     def _freeze_stages(self) -> list[nn.Module]:
-        """Freeze parameters up to the end of level ``frozen_stages``; return modules to keep in eval.
-
-        Level ``k`` ends where the first parameter of level ``k + 1``'s module begins (parameters
-        are declared in execution order in timm-style networks); a level module without parameters
-        of its own (ResNet's ``act1``) is handled the same way.
-        """
+        """Freeze the named modules that compute levels 0..``frozen_stages`` (their parameters stop
+        learning; :meth:`train` keeps the whole modules in eval mode, so BN statistics, dropout and
+        drop-path in them are frozen too); return those modules."""
         if self.frozen_stages < 0:
             return []
-        names = [n for n, _ in self.model.named_parameters()]
-        info = self.model.feature_info
-        end = len(names)
-        if self.frozen_stages + 1 < len(info):
-            nxt = info.module_name(self.frozen_stages + 1) + "."
-            end = next((i for i, n in enumerate(names) if any(c.startswith(nxt) for c in _name_candidates(n))),
-                       len(names))
-        if end == 0:
-            raise RuntimeError(f"frozen_stages: found no parameters before feature level "
-                               f"{self.frozen_stages + 1} of {self.arch!r}")
-        frozen = set(names[:end])
-        params = dict(self.model.named_parameters())
-        for n in frozen:
-            params[n].requires_grad_(False)
-        modules = []
-        for mod_name, mod in self.model.named_modules():
-            own = [f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False)]
-            if own and all(p in frozen for p in own):
-                modules.append(mod)
+        modules = [m for _, m in self._stage_modules(self.frozen_stages)]
         for m in modules:
+            m.requires_grad_(False)
             m.eval()
         return modules
+
+    def _stage_modules(self, level: int) -> list[tuple[str, nn.Module]]:
+        """The modules that compute feature levels 0..``level``, by name, as mmdet's ResNet freezes
+        ``conv1``/``norm1`` and ``layer1..k``.
+
+        A zoo network (timm's FeatureGetterNet around a :class:`PruNet`) has a ``stem`` and one
+        ``stages.<i>`` module per level. Any other timm model comes as a FeatureListNet, whose
+        children run in the order listed and whose level ``i`` is the child that
+        ``feature_info.module_name(i)`` names (``stages.1`` appears as ``stages_1``): every child up
+        to it computes levels 0..``i``.
+        """
+        fm = self.model
+        inner = getattr(fm, "model", None)
+        if isinstance(inner, PruNet):
+            return [("model.stem", inner.stem)] + [(f"model.stages.{i}", inner.stages[i]) for i in range(level + 1)]
+        if isinstance(fm, FeatureDictNet):
+            target = fm.feature_info.module_name(level)
+            out = []
+            for name, child in fm.named_children():
+                out.append((name, child))
+                if name in (target, target.replace(".", "_")):
+                    return out
+            raise RuntimeError(f"frozen_stages: the module of feature level {level} ({target!r}) is not a "
+                               f"child of {type(fm).__name__}")
+        raise ValueError(f"frozen_stages: {self.arch!r} builds a {type(fm).__name__}, whose stage modules are "
+                         "unknown; use frozen_stages=-1")
 
     # -------------------------------------------------------------- nn.Module API
 

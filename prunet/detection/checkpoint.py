@@ -15,8 +15,8 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["HF_HUB_PREFIX", "load_from_local_weights_only", "match_state_dict", "mmengine_safe_globals",
-           "read_checkpoint", "register_hf_hub_scheme", "register_weights_only_local_loader", "resolve_hf_hub"]
+__all__ = ["HF_HUB_PREFIX", "allow_mmengine_checkpoints", "match_state_dict", "mmengine_safe_globals",
+           "read_checkpoint", "register_hf_hub_scheme", "resolve_hf_hub"]
 
 HF_HUB_PREFIX = "hf-hub:"
 # Files tried, in order, when an ``hf-hub:`` reference names a repository but no file.
@@ -116,36 +116,16 @@ def mmengine_safe_globals() -> list:
     return out
 
 
-def load_from_local_weights_only(filename: str, map_location=None, logger=None):  # noqa: ARG001
-    """mmengine's local-file loader, weights-only with :func:`mmengine_safe_globals` allowed."""
-    filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f"{filename} can not be found.")
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(
-                f"checkpoint {filename}: refused by the weights-only loader (it holds objects other than "
-                f"tensors and mmengine's logs): {_unpickler_reason(str(e))}") from e
+def allow_mmengine_checkpoints() -> None:
+    """Let torch's weights-only unpickler accept the types mmengine's own checkpoints hold.
 
-
-def _unpickler_reason(msg: str) -> str:
-    """The one informative line of torch's long weights-only error message."""
-    lines = [line.strip() for line in msg.splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if "WeightsUnpickler error:" in line:
-            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
-            return rest or (lines[i + 1] if i + 1 < len(lines) else msg)
-    return msg
-
-
-def register_weights_only_local_loader() -> None:
-    """Make mmengine load local checkpoints with :func:`load_from_local_weights_only` (see its docs)."""
-    from mmengine.runner import CheckpointLoader  # noqa: PLC0415
-
-    if CheckpointLoader._schemes.get("") is not load_from_local_weights_only:
-        CheckpointLoader.register_scheme(prefixes="", force=True)(load_from_local_weights_only)
+    torch >= 2.6 loads weights-only by default and mmengine 0.10.7's local-file loader does not
+    say otherwise, so without this, the checkpoints its Runner writes (``load_from``,
+    ``--resume``, test.py) fail to load. Extending torch's allow-list is additive: mmengine's own
+    loader stays in place (replacing it, as before issue 12, changed every mmengine user in the
+    process), and everything else stays refused.
+    """
+    torch.serialization.add_safe_globals(mmengine_safe_globals())
 
 
 def _name_candidates(name: str) -> list[str]:
