@@ -176,7 +176,8 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
             nets[label] = {"kind": "searched", "arch": str(run_dir / "arch.json"), "target_ms": target,
                            "ablation": variant, "predicted_ms": summary.get("predicted_ms"),
                            "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb"),
-                           "search_activation_mb": summary.get("activation_mb")}
+                           "search_activation_mb": summary.get("activation_mb"),
+                           **depth_fields(summary, len(space.layers()))}
 
     seeds = cfg.train_seeds or [cfg.seed]
     jobs = [(label, seed) for seed in seeds for label in nets]  # seed by seed: a cut-short run has whole seeds
@@ -217,6 +218,18 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
     return results
 
 
+def depth_fields(summary: dict[str, Any], space_layers: int) -> dict[str, int]:
+    """How a search used depth, from its ``summary.json``: ``layers_removed`` by layer pruning
+    during the search (tier 3), ``layers_skipped_final`` by finalisation (argmax Skip or the
+    latency fix-up), and ``depth`` of the result out of ``space_layers`` — so an ablation shows
+    whether layer pruning acted at each target."""
+    events = summary.get("events") or {}
+    blocks = int(summary["blocks"])
+    return {"layers_removed": int(events.get("remove_layer", 0)),
+            "layers_skipped_final": space_layers - blocks - int(events.get("remove_layer", 0)),
+            "depth": blocks, "space_depth": space_layers}
+
+
 def _slug(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in label)
 
@@ -246,7 +259,8 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 ROW_COLUMNS = ("network", "kind", "params (M)", "predicted (ms)", "measured (ms)", "cold (ms)", "top-1 (%)",
-               "search wall (s)", "search activations mean / last (MB)", "search peak RSS (MB)")
+               "depth (layers removed in search)", "search wall (s)", "search activations mean / last (MB)",
+               "search peak RSS (MB)")
 
 
 def result_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -256,9 +270,16 @@ def result_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
         pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else ""
         rows.append((label, n["kind"], f"{n['params_m']:.2f}", pred, f"{n['measured_ms']:.3f}",
-                     f"{n['measured_cold_ms']:.3f}", _top1(n), str(n.get("search_wall_s") or ""), _activations(n),
+                     f"{n['measured_cold_ms']:.3f}", _top1(n), _depth(n), str(n.get("search_wall_s") or ""),
+                     _activations(n),
                      str(n.get("search_peak_rss_mb") or "")))
     return rows
+
+
+def _depth(net: dict[str, Any]) -> str:
+    if net.get("depth") is None:  # baselines, and results written before depth was recorded
+        return ""
+    return f"{net['depth']}/{net['space_depth']} ({net['layers_removed']})"
 
 
 def _activations(net: dict[str, Any]) -> str:

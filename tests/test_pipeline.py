@@ -88,3 +88,18 @@ def test_rerun_reuses_finished_runs_and_refuses_changed_settings(tiny_run):
         run(replace(cfg, targets_ms=results["targets_ms"], ablation_target_ms=999.0), out, quiet=True)
     with pytest.raises(ValueError, match="unknown variant 'no_such'"):
         run(replace(cfg, targets_ms=results["targets_ms"], ablations=["no_such"]), out, quiet=True)
+
+
+def test_searched_rows_report_layers_removed_and_depth():
+    """Issue 14: the ablation shows whether layer pruning acted at each target."""
+    from prunet.pipeline import ROW_COLUMNS, depth_fields, result_rows
+
+    summary = {"blocks": 7, "events": {"remove_layer": 3, "final_skip": 1, "commit": 9}}
+    fields = depth_fields(summary, 11)
+    assert fields == {"layers_removed": 3, "layers_skipped_final": 1, "depth": 7, "space_depth": 11}
+    net = {"kind": "searched", "params_m": 0.5, "predicted_ms": 1.0, "measured_ms": 1.0, "measured_cold_ms": 1.1,
+           "train": {"top1": 80.0}, **fields}
+    base = {"kind": "baseline", "params_m": 0.5, "measured_ms": 0.9, "measured_cold_ms": 1.0, "train": {"top1": 79.0}}
+    rows = dict((r[0], r) for r in result_rows({"nets": {"s": net, "b": base}}))
+    col = ROW_COLUMNS.index("depth (layers removed in search)")
+    assert rows["s"][col] == "7/11 (3)" and rows["b"][col] == ""

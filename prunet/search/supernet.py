@@ -12,8 +12,10 @@ Every block here is a :mod:`prunet.nn` module built by :func:`prunet.nn.build_bl
   important channels (BN |γ|, ordered most important first, so the next ``s`` to be gated are
   the least important).
 * :class:`StochasticLayer` mixes its surviving candidates (and Skip where shapes allow) by a
-  Gumbel-softmax over its logits ``α``; candidates can be deleted (tier 2) and the layer removed
-  (tier 3).
+  Gumbel-softmax over its logits ``α`` (:class:`GumbelMixture`: every candidate runs), or runs
+  the one candidate a hard Gumbel-softmax draws (:class:`GumbelSampledPath`: GDAS, one candidate
+  per layer and step whatever their number); candidates can be deleted (tier 2) and the layer
+  removed (tier 3).
 
 Parameters are named so that the weight optimiser's state can be carried across structure
 changes by name (see :mod:`prunet.search.loop`): a commit keeps names and only slices tensors.
@@ -49,12 +51,28 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, noise: bool = True) -> torc
     return F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
 
 
+def gumbel_softmax_hard(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """One-hot of a Gumbel-max draw whose gradient is the soft sample's (straight-through, GDAS).
+
+    Written ``hard + (soft − sg(soft))`` so the forward value is exactly one-hot (the usual
+    ``hard − sg(soft) + soft`` can leave a 1 ± ulp, and the chosen output is scaled by it). Noise
+    is drawn like :func:`gumbel_softmax` (one ``rand_like``), not through ``F.gumbel_softmax``."""
+    soft = gumbel_softmax(logits, tau)
+    hard = F.one_hot(torch.argmax(soft.detach()), logits.numel()).to(soft.dtype)
+    return hard + (soft - soft.detach())
+
+
 class Relaxation:
     """How one forward turns architecture logits into path weights. The strategy that owns the
     logits chooses it per step; the modules only ask it, in forward order (so the RNG stream is
-    consumed in the same order as the layers run)."""
+    consumed in the same order as the layers run).
+
+    ``hard``: no noise and no gradient, each layer runs its argmax (the collapsed net).
+    ``sampled``: :meth:`layer_weights` is one-hot and the layer runs only the chosen path, scaled
+    by its weight (so the logits still get a gradient); otherwise every path runs."""
 
     hard = False
+    sampled = False
 
     def layer_weights(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - interface
@@ -86,6 +104,25 @@ class ArgmaxPath(Relaxation):
 
     def gate(self, beta: torch.Tensor) -> torch.Tensor:
         return (beta[1] >= beta[0]).to(beta.dtype).detach()
+
+
+class GumbelSampledPath(Relaxation):
+    """One path per layer: a hard Gumbel-softmax draw at temperature ``tau`` with the
+    straight-through gradient (GDAS, Dong & Yang 2019). A step then costs one candidate per layer
+    whatever the number of candidates — the full mixture costs all of them. The Prunode width gate
+    inside the chosen candidate stays soft (drawn as :class:`GumbelMixture` draws it): it costs
+    nothing extra, since both widths share one hidden tensor."""
+
+    sampled = True
+
+    def __init__(self, tau: float):
+        self.tau = tau
+
+    def layer_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        return gumbel_softmax_hard(logits, self.tau)
+
+    def gate(self, beta: torch.Tensor) -> torch.Tensor:
+        return gumbel_softmax(beta, self.tau)[1]
 
 
 ARGMAX = ArgmaxPath()
@@ -264,6 +301,10 @@ class StochasticLayer(nn.Module):
             best = names[int(torch.argmax(self.logits()))]
             return x if best == SKIP else self.options[best](x, relax)
         w = relax.layer_weights(self.logits())
+        if relax.sampled:
+            i = int(torch.argmax(w.detach()))
+            n = names[i]
+            return w[i] * (x if n == SKIP else self.options[n](x, relax))
         out = 0
         for i, n in enumerate(names):
             out = out + w[i] * (x if n == SKIP else self.options[n](x, relax))
@@ -410,4 +451,4 @@ class Supernet(nn.Module):
 
 
 __all__ = ["Prunode", "StochasticLayer", "Supernet", "SKIP", "gumbel_softmax", "select_channels", "hidden_dims",
-           "Relaxation", "GumbelMixture", "ArgmaxPath", "ARGMAX"]
+           "Relaxation", "GumbelMixture", "GumbelSampledPath", "ArgmaxPath", "ARGMAX", "gumbel_softmax_hard"]

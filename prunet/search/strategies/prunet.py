@@ -3,16 +3,24 @@
 One step (after ``warmup_steps`` of weight-only training):
 
 1. weights: a train-split batch through the supernet with Gumbel noise at temperature ``τ``,
-   cross-entropy (the loop runs SGD);
-2. architecture: a val-split batch, ``CE + λ·max(0, E[lat]/T' − 1)`` with ``E[lat]`` the
-   calibrated expected latency (``a·E[Σ] + c``) and ``T' = T·(1 − target_margin)``, Adam on the
-   logits ``α`` (candidates/Skip) and ``β`` (Prunode big/small);
-3. decisions, from the (all-reduced, hence identical) logits, taken only while the expected
-   latency is above ``T'`` (at most one layer removal per step): a Prunode whose small path has
-   probability > ``prunode_threshold`` for ``prunode_window`` consecutive steps commits
-   ``c ← c − s`` (tier 1); a candidate below ``block_threshold`` for ``block_window`` steps is
-   deleted (tier 2); a layer whose Skip is above ``layer_threshold`` for ``layer_window`` steps
-   (or that has only Skip left) is removed (tier 3). Each tier can be switched off for ablations.
+   cross-entropy (the loop runs SGD). ``mode="mixture"`` runs every candidate of a layer weighted
+   by a soft Gumbel-softmax sample; ``mode="sampled"`` runs one candidate per layer, drawn by a
+   hard Gumbel-softmax with the straight-through gradient (GDAS), so a step costs one candidate
+   per layer whatever their number;
+2. architecture: a val-split batch through the same mode, ``CE + λ·max(0, E[lat]/T' − 1)``
+   (``latency_loss="hinge"``) or ``CE·(E[lat]/T')^β`` (``"multiplicative"``, FBNet/MnasNet
+   style) with ``E[lat]`` the calibrated expected latency (``a·E[Σ] + c``, from the
+   probabilities in both modes) and ``T' = T·(1 − target_margin)``, Adam on the logits ``α``
+   (candidates/Skip) and ``β`` (Prunode big/small);
+3. decisions, from the (all-reduced, hence identical) logits (at most one layer removal per
+   step): a Prunode whose small path has probability > ``prunode_threshold`` for
+   ``prunode_window`` consecutive steps commits ``c ← c − s`` (tier 1); a candidate below
+   ``block_threshold`` for ``block_window`` steps is deleted (tier 2); a layer whose Skip is above
+   ``layer_threshold`` for ``layer_window`` steps (or that has only Skip left) is removed
+   (tier 3). Width commits are taken only while the expected latency is above ``T'``; block and
+   layer pruning too unless ``prune_waits_for_budget=False``, which lets them act on the
+   probabilities alone (they cut cost and search depth). Each tier can be switched off for
+   ablations.
 
 ``τ`` anneals exponentially from ``tau_start`` to ``tau_end``. The result keeps the argmax per
 layer and, while the predicted latency of the derived network exceeds ``T``, shrinks the block
@@ -32,7 +40,10 @@ from torch import nn
 from prunet.latency.lut import block_key
 from prunet.search.config import SearchError
 from prunet.search.strategy import Derived, Named, Strategy, StructureChange, register_strategy
-from prunet.search.supernet import SKIP, GumbelMixture, Prunode, Supernet
+from prunet.search.supernet import SKIP, GumbelMixture, GumbelSampledPath, Prunode, Relaxation, Supernet
+
+MODES = ("mixture", "sampled")
+LATENCY_LOSSES = ("hinge", "multiplicative")
 
 
 @dataclass
@@ -55,8 +66,18 @@ class PruNetConfig:
     block_window: int = 10           # ... for this many steps
     layer_threshold: float = 0.6     # remove a layer whose Skip probability stays above this ...
     layer_window: int = 10           # ... for this many steps
+    mode: str = "mixture"            # "mixture": every candidate runs; "sampled": one per layer (GDAS)
+    prune_waits_for_budget: bool = True  # False: tiers 2 and 3 act whatever the latency gap (tier 1 waits)
+    latency_loss: str = "hinge"      # "hinge": CE + λ·max(0, E/T' − 1); "multiplicative": CE·(E/T')^β
+    latency_beta: float = 0.6        # β of the multiplicative loss
 
     def validate(self) -> None:
+        if self.mode not in MODES:
+            raise SearchError(f"mode: expected one of {list(MODES)}, got {self.mode!r}")
+        if self.latency_loss not in LATENCY_LOSSES:
+            raise SearchError(f"latency_loss: expected one of {list(LATENCY_LOSSES)}, got {self.latency_loss!r}")
+        if not self.latency_beta > 0:
+            raise SearchError(f"latency_beta: expected a positive number, got {self.latency_beta}")
         for name in ("prunode_threshold", "block_threshold", "layer_threshold"):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
@@ -112,14 +133,32 @@ class PruNetStrategy(Strategy):
     def goal_ms(self) -> float:
         return self.ctx.target_ms * (1.0 - self.cfg.target_margin)
 
+    def relaxation(self, step: int) -> Relaxation:
+        """The forward policy of both steps: the full mixture or one sampled path per layer."""
+        if self.cfg.mode == "sampled":
+            return GumbelSampledPath(self.tau(step))
+        return GumbelMixture(self.tau(step))
+
     def weight_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        return F.cross_entropy(self.net(x, GumbelMixture(self.tau(step))), y)
+        return F.cross_entropy(self.net(x, self.relaxation(step)), y)
 
     def arch_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        ce = F.cross_entropy(self.net(x, GumbelMixture(self.tau(step))), y)
+        ce = F.cross_entropy(self.net(x, self.relaxation(step)), y)
         pred = self.net.expected_ms()
-        loss = ce + self.cfg.latency_weight * F.relu(pred / self.goal_ms - 1.0)
+        loss = self.latency_loss(ce, pred)
         return loss, {"ce_val": float(ce.detach()), "expected_ms": float(pred.detach())}
+
+    def latency_loss(self, ce: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """The architecture loss from the val cross-entropy and the expected latency.
+
+        ``hinge`` (default) adds ``λ·max(0, E/T' − 1)``: no pull once the expectation is under the
+        goal, so accuracy alone decides there. ``multiplicative`` scales the cross-entropy by
+        ``(E/T')^β`` (FBNet's ``CE·α·log(LAT)^β`` and MnasNet's ``ACC·(LAT/T)^w`` in loss form): a
+        pull towards cheaper choices at every latency, proportional to how much the loss still
+        depends on accuracy."""
+        if self.cfg.latency_loss == "multiplicative":
+            return ce * (pred / self.goal_ms) ** self.cfg.latency_beta
+        return ce + self.cfg.latency_weight * F.relu(pred / self.goal_ms - 1.0)
 
     # ----------------------------------------------------------------- structure changes
 
@@ -169,13 +208,19 @@ class PruNetStrategy(Strategy):
                         commits.append((f"layers.{li}.options.{n}", node))
         if not (commits or drop_options or drop_layers):
             return None
-        # Structure changes are driven by the latency penalty: once the expected latency is under
-        # the goal they wait (the counters keep running), so simultaneous removals cannot
-        # overshoot far below the target. Choices that win on accuracy alone still reach the
-        # result through the final argmax. At most one layer goes per step, the most skipped.
+        # Width commits are driven by the latency penalty: once the expected latency is under the
+        # goal they wait (the counters keep running), so simultaneous commits cannot overshoot far
+        # below the target. Block and layer pruning wait too by default; with
+        # `prune_waits_for_budget=False` they act on the probabilities alone: deleting what the
+        # search has ruled out is how it cuts its own cost and searches depth, and a layer whose
+        # Skip wins on accuracy would otherwise never go while widths close the gap first.
+        # Choices that win on accuracy alone still reach the result through the final argmax. At
+        # most one layer goes per step, the most skipped.
         with torch.no_grad():
             if float(net.expected_ms()) <= self.goal_ms:
-                return None
+                if cfg.prune_waits_for_budget or not (drop_options or drop_layers):
+                    return None
+                commits = []
         if len(drop_layers) > 1:
             drop_layers = [max(drop_layers, key=lambda li: net.layers[li].probs()[SKIP])]
         self.ctx.sync_buffers()
@@ -193,6 +238,8 @@ class PruNetStrategy(Strategy):
             if len(non_skip) == 1 and n in non_skip:
                 if SKIP not in layer.names():
                     continue  # the last block of a layer that cannot be skipped stays
+                if drop_layers and li not in drop_layers and not cfg.prune_waits_for_budget:
+                    continue  # one layer per step: this one goes at a later step (its count runs on)
                 drop_layers.append(li)
                 continue
             layer.remove_option(n)
