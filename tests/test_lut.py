@@ -30,6 +30,16 @@ def test_predict_is_calibrated_sum_and_names_missing_blocks():
         t.predict(arch)
 
 
+def test_calibration_never_predicts_zero_or_negative_for_the_smallest_net():
+    """Three noisy nets far above the space's smallest one can tilt the line below zero there;
+    the fit then falls back to a pure scale."""
+    sums, measured = [10.0, 10.5, 11.0], [10.0, 13.0, 16.0]  # slope 6: at sum 2 the line says -38 ms
+    a, c = fit_calibration(sums, measured)
+    assert a * 2.0 + c < 0  # the unconstrained line
+    a, c = fit_calibration(sums, measured, floor_sum=2.0)
+    assert c == 0.0 and a * 2.0 > 0
+
+
 def test_fit_calibration_recovers_a_line():
     a, c = fit_calibration([1.0, 2.0, 3.0, 5.0], [1.5, 2.5, 3.5, 5.5])
     assert a == pytest.approx(1.0) and c == pytest.approx(0.5)

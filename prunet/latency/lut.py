@@ -367,14 +367,17 @@ def reference_arch(space: Any) -> ArchSpec:
     return space.arch_from_choices(choices, f"{space.name}-reference")
 
 
-def fit_calibration(sums: list[float], measured: list[float]) -> tuple[float, float]:
-    """Least-squares ``measured ≈ a·sum + c`` (falls back to a pure scale for < 2 distinct sums)."""
+def fit_calibration(sums: list[float], measured: list[float], floor_sum: float | None = None) -> tuple[float, float]:
+    """Least-squares ``measured ≈ a·sum + c``; a pure scale for < 2 distinct sums, or when the
+    line would predict ≤ 0 ms for the smallest net of the space (raw sum ``floor_sum``): a few
+    noisy calibration nets can tilt the line that far, and a search would then chase a target
+    below zero."""
     import numpy as np
 
     x, y = np.asarray(sums, float), np.asarray(measured, float)
     if len(x) >= 2 and np.ptp(x) > 1e-9:
         a, c = np.polyfit(x, y, 1)
-        if a > 0:
+        if a > 0 and (floor_sum is None or a * floor_sum + c > 0):
             return float(a), float(c)
     return float(y.sum() / max(x.sum(), 1e-12)), 0.0
 
@@ -399,7 +402,7 @@ def build_table(space: Any, measurer: Measurer, calib_nets: int = 8, seed: int =
     for arch in tqdm(nets, desc="calibration nets", disable=not progress, unit="net"):
         sums.append(table.raw_sum(arch))
         meas.append(measurer.whole(arch))
-    table.a, table.c = fit_calibration(sums, meas)
+    table.a, table.c = fit_calibration(sums, meas, table.raw_sum(cheapest_arch(table, space)))
     pred = [table.a * s + table.c for s in sums]
     table.calibration = {"nets": calib_nets, "seed": seed,
                          "fit_mape": float(sum(abs(p - m) / m for p, m in zip(pred, meas)) / max(len(meas), 1)),
@@ -485,6 +488,11 @@ def plot_validation(preds: list[float], meas: list[float], path: str | os.PathLi
 
 def min_reachable_ms(table: LatencyTable, space: Any) -> float:
     """Predicted latency of the cheapest net the space allows (skippable layers skipped)."""
+    return table.predict(cheapest_arch(table, space))
+
+
+def cheapest_arch(table: LatencyTable, space: Any) -> ArchSpec:
+    """The net of the space with the smallest table entries per layer, skippable layers skipped."""
     choices = []
     for slot in space.layers():
         if slot.skippable:
@@ -493,7 +501,7 @@ def min_reachable_ms(table: LatencyTable, space: Any) -> float:
         best = min(((c, slot.hidden_widths(c, space.width_step)[0]) for c in slot.candidates),
                    key=lambda ch: table.lookup(block_key(slot.block_spec(*ch), slot.in_hw)))
         choices.append(best)
-    return table.predict(space.arch_from_choices(choices, "min"))
+    return space.arch_from_choices(choices, "min")
 
 
 Predictor = Callable[[ArchSpec], float]
