@@ -112,6 +112,8 @@ def test_timm_names_pass_through_and_unknown_names_fail_clearly():
         prunet.create_model("prunet_p9")
     with pytest.raises(prunet.arch.ArchError, match="file not found"):
         prunet.create_model("nowhere/arch.json")
+    with pytest.raises(UnknownModelError, match=r"local-dir:/nowhere/repo: cannot read its config.json"):
+        prunet.create_model("local-dir:/nowhere/repo")  # a timm source, not a path (issue 12, item 5)
 
 
 def test_in_chans_and_drop_path_rate():

@@ -197,6 +197,13 @@ def source_pretrained_cfg(name: str) -> dict[str, Any]:
     return dict(cfg)
 
 
+def _create_from_source(name: str, pretrained: bool, **kwargs: Any) -> Any:
+    """``timm.create_model`` for ``hf-hub:``/``local-dir:``; its config.json (read before any
+    weights) missing or unreachable is one line naming the model, not a Hub/OS traceback."""
+    source_pretrained_cfg(name)  # the same read timm does next; fails with UnknownModelError
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
 def input_size_of(name: str) -> tuple[int, int, int]:
     """(C, H, W) a named model (zoo, timm, ``hf-hub:``/``local-dir:``, architecture JSON) was made for,
     without building it."""
@@ -224,7 +231,9 @@ def create_model(name_or_path: str | os.PathLike | ArchSpec, pretrained: bool = 
     else:
         name = os.fspath(name_or_path)
         if not _looks_like_path(name):
-            if name in registry.index() or is_timm_source(name) or timm.is_model(name):
+            if is_timm_source(name):
+                return _create_from_source(name, pretrained, **kwargs)
+            if name in registry.index() or timm.is_model(name):
                 return timm.create_model(name, pretrained=pretrained, **kwargs)
             raise registry.UnknownModelError(
                 f"unknown model {name!r}: not a zoo model ({', '.join(registry.list_models())}), not a timm model, "
