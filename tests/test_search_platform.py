@@ -117,7 +117,7 @@ def test_random_strategy_trains_a_net_within_the_band(tiny_space, tiny_lut, tmp_
 
     target = mid_target(tiny_lut, tiny_space) * 1.5
     out = tmp_path / "rand"
-    args = [a if a != "40" else "6" for a in TINY_ARGS]  # 6 steps
+    args = [*TINY_ARGS, "--steps", "6", "--warmup-steps", "2"]  # later options win
     r = run([PY, "-m", "prunet.cli", "search", "run", "--strategy", "random", "--space", str(tiny_space),
              "--data", "fashion-mnist", "--target-ms", f"{target:.6f}", "--lut", str(tiny_lut), "--out", str(out),
              "--quiet", *args])

@@ -469,9 +469,7 @@ class SearchLoop:
         }
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1) + "\n")
         try:
-            from prunet.search.plots import plot_run
-
-            plot_run(self.out / "log.jsonl", self.out / "trajectories.png", self.run.target_ms)
+            self.strategy.plot(self.out / "log.jsonl", self.out / "trajectories.png")
         except ImportError:  # matplotlib is optional
             pass
         return summary

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -162,6 +163,9 @@ class Strategy(ABC):
     @abstractmethod
     def derive(self) -> Derived:
         """Collapse to one network whose predicted latency is ≤ the target."""
+
+    def plot(self, log_path: Path, png_path: Path) -> None:
+        """Draw this strategy's trajectories from ``log.jsonl`` (optional; matplotlib may be absent)."""
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.cfg)

@@ -31,6 +31,7 @@ prediction is always ≤ ``T``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -267,6 +268,11 @@ class PruNetStrategy(Strategy):
 
     def progress(self, metrics: dict[str, float], step: int) -> dict[str, str]:
         return {"ce": f"{metrics['ce_val']:.3f}", "ms": f"{metrics['expected_ms']:.3f}", "tau": f"{self.tau(step):.2f}"}
+
+    def plot(self, log_path: Path, png_path: Path) -> None:
+        from prunet.search.plots import plot_run
+
+        plot_run(log_path, png_path, self.ctx.target_ms)
 
     def structure(self) -> dict[str, Any]:
         return self.net.structure()
