@@ -9,13 +9,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from prunet.arch import ArchSpec, ConvSpec, HeadSpec, IRBSpec, save
+from prunet.arch import ArchSpec, ConvSpec, HeadSpec, save
 from prunet.cli import main
 
 
@@ -30,19 +27,6 @@ def one_line_error(capsys, argv: list[str], detail_lines: bool = False) -> str:
     assert len(lines) == 1 or (detail_lines and all(line.startswith("  ") for line in lines[1:])), err
     assert "Traceback" not in err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    """A small architecture JSON and matching random weights (our key names)."""
-    from prunet.zoo import build
-
-    d = tmp_path_factory.mktemp("tiny")
-    spec = ArchSpec("tiny", (3, 32, 32), (ConvSpec(3, 8, 3, 2),), (IRBSpec(8, 8, 16, 3, 1),), HeadSpec(8, 16, 10))
-    arch = save(spec, d / "tiny.json")
-    weights = d / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in build(spec).state_dict().items()}, str(weights))
-    return arch, weights
 
 
 def test_zoo_show_unknown_name_says_unknown_model(capsys):

@@ -14,7 +14,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 
 from prunet.arch import ArchSpec, ConvSpec, HeadSpec, IRBSpec, save
 from prunet.cli import main
@@ -33,18 +32,6 @@ def umask_022():
 
 def mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
-    from prunet.zoo import build
-
-    d = tmp_path_factory.mktemp("tiny")
-    spec = ArchSpec("tiny", (3, 32, 32), (ConvSpec(3, 8, 3, 2),), (IRBSpec(8, 8, 16, 3, 1),), HeadSpec(8, 16, 10))
-    arch = save(spec, d / "tiny.json")
-    weights = d / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in build(spec).state_dict().items()}, str(weights))
-    return arch, weights
 
 
 def refused(capsys, argv: list[str]) -> str:

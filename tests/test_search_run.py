@@ -83,14 +83,19 @@ def test_refusals_leave_files_alone(finished, tiny_space, tiny_lut, tiny_config,
     assert r.returncode == 2 and "stages[0].stride" in r.stderr
 
 
+def _resumable_run(out, tiny_space, tiny_lut, tiny_config, steps: int):
+    """A short finished search with its result files removed: `resume` would continue it."""
+    target = mid_target(tiny_lut, tiny_space)
+    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target, "--steps", str(steps), "--warmup-steps", "2",
+                       "--checkpoint-every", str(steps // 2)))
+    assert r.returncode == 0, r.stderr
+    (out / "arch.json").unlink()  # the test's own run folder
+    (out / "summary.json").unlink()
+
+
 def test_corrupt_checkpoint_is_refused_untouched(tiny_space, tiny_lut, tiny_config, tmp_path):
     out = tmp_path / "c"
-    target = mid_target(tiny_lut, tiny_space)
-    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target, "--steps", "6", "--warmup-steps", "2",
-                       "--checkpoint-every", "3"))
-    assert r.returncode == 0, r.stderr
-    (out / "arch.json").unlink()
-    (out / "summary.json").unlink()
+    _resumable_run(out, tiny_space, tiny_lut, tiny_config, 6)
     ck = out / "ckpt.pt"
     data = ck.read_bytes()
     ck.write_bytes(data[: len(data) // 2])
@@ -101,12 +106,7 @@ def test_corrupt_checkpoint_is_refused_untouched(tiny_space, tiny_lut, tiny_conf
 
 def test_resume_refuses_an_edited_run_json(tiny_space, tiny_lut, tiny_config, tmp_path):
     out = tmp_path / "e"
-    target = mid_target(tiny_lut, tiny_space)
-    r = run(search_cmd(tiny_space, tiny_lut, tiny_config, out, target, "--steps", "4", "--warmup-steps", "2",
-                       "--checkpoint-every", "2"))
-    assert r.returncode == 0, r.stderr
-    (out / "arch.json").unlink()
-    (out / "summary.json").unlink()
+    _resumable_run(out, tiny_space, tiny_lut, tiny_config, 4)
     spec = json.loads((out / "run.json").read_text())
     spec["target_ms"] *= 2
     spec["loop"]["batch_size"] = 8
