@@ -9,10 +9,11 @@ informative line :func:`unpickler_reason` extracts for our one-line errors.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 def unpickler_reason(msg: str) -> str:
@@ -36,10 +37,29 @@ def load(source: str | os.PathLike | io.BytesIO, what: str, error: Callable[[str
     import torch
 
     try:
-        with torch.serialization.safe_globals(list(allow)):
+        with allowed_globals(allow):
             return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
         raise error(describe_failure(what, e)) from None
+
+
+@contextlib.contextmanager
+def allowed_globals(allow: Sequence[Any]) -> Iterator[None]:
+    """Allow ``allow`` for the duration, and leave torch's process-wide allow-list as it was.
+
+    Why not ``torch.serialization.safe_globals`` directly: on exit it *removes* its entries, also
+    those that were allowed process-wide before it was entered (``prunet.detection`` allows
+    mmengine's checkpoint types for the whole process), so a nested read would silently undo them.
+    """
+    import torch
+
+    already = set(torch.serialization.get_safe_globals())
+    extra = [g for g in allow if g not in already]
+    if not extra:
+        yield
+        return
+    with torch.serialization.safe_globals(extra):
+        yield
 
 
 def describe_failure(what: str, err: BaseException) -> str:

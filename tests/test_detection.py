@@ -427,8 +427,13 @@ def test_mmengine_keeps_its_loader_and_reads_its_own_checkpoints(tmp_path):
     from mmengine.runner import CheckpointLoader
 
     import prunet.detection  # noqa: F401
+    from prunet.detection.checkpoint import read_checkpoint
 
     assert CheckpointLoader._schemes[""].__module__.startswith("mmengine."), CheckpointLoader._schemes[""]
+    # A backbone read first (what building a detector with init_cfg does) must not undo the
+    # process-wide allowance: torch's scoped allow-list removes its entries on exit (CI, stop 17).
+    torch.save({"state_dict": {"backbone.w": torch.zeros(1)}}, tmp_path / "bb.pth")
+    assert list(read_checkpoint(tmp_path / "bb.pth", prefix="backbone.")) == ["w"]
     hub = MessageHub.get_instance("prunet-test-ckpt")
     for v in (0.5, np.float64(0.25), np.float32(0.125)):
         hub.update_scalar("train/loss", v)

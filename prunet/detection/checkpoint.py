@@ -71,8 +71,8 @@ def read_checkpoint(ref: str | os.PathLike, prefix: str = "") -> "OrderedDict[st
     path = resolve_hf_hub(ref) if ref.startswith(HF_HUB_PREFIX) else os.path.expanduser(ref)
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        raw = zoo_read_checkpoint(path)
+    allow_mmengine_checkpoints()  # process-wide and idempotent (a scoped allow-list would undo it on exit)
+    raw = zoo_read_checkpoint(path)
     sd = OrderedDict((k, v) for k, v in raw.items() if isinstance(v, torch.Tensor))
     if not sd:
         raise ValueError(f"checkpoint {ref!r}: contains no tensors")
