@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prunet._io import atomic_write_text  # re-exported: older callers import it from here
+from prunet.arch.cell import read_nodes as read_cell_nodes
 from prunet.arch.registry import block_type, block_types
 from prunet.arch.spec import (
     ACTIVATIONS,
@@ -167,6 +168,7 @@ _FIELD_READERS: dict[str, Any] = {
     "padding": lambda r, name, default: r.str(name, default, PADDINGS),
     "bn_eps": lambda r, name, default: r.float(name, default, lo=0.0, hi=1.0, lo_open=True),
     "se_chs": lambda r, name, default: r.int(name, default, lo=0),
+    "nodes": lambda r, name, default: read_cell_nodes(r.raw(name, default), r._at(name)),  # a cell's DAG
 }
 
 
@@ -282,6 +284,8 @@ def validate(spec: ArchSpec) -> ArchSpec:
     for i, block in enumerate(spec.blocks):
         if block.in_chs != prev:
             raise ArchError(f"blocks[{i}].in_chs", f"expected {prev} (= {prev_path}), got {block.in_chs}")
+        for sub, message in getattr(block, "problems", lambda: ())():  # composite blocks (cells)
+            raise ArchError(f"blocks[{i}].{sub}", message)
         if getattr(block, "se_chs", 0) > getattr(block, "hidden_chs", float("inf")):
             raise ArchError(f"blocks[{i}].se_chs", f"expected at most hidden_chs={block.hidden_chs}, got {block.se_chs}")
         prev, prev_path = block.out_chs, f"blocks[{i}].out_chs"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from prunet.arch import cell as _cell
 from prunet.arch.spec import ConvSpec, FusedIRBSpec, IRBSpec
 
 
@@ -34,6 +35,9 @@ class BlockType:
     types whose ``hidden_chs`` the search may shrink.
     ``importance_norm``: BN whose ``|γ|`` ranks the hidden channels when a Prunode shrinks.
     ``short_name``: prefix of candidate names in search spaces (``ir_k3_relu``).
+    ``latency_parts``: for a composite block (a cell), ``(spec, in_hw) → [(path, sub_spec,
+    sub_in_hw)]``: the timed sub-blocks a latency table prices it by when it has no entry for the
+    whole block (a table can still time each distinct composite block whole).
     """
 
     name: str
@@ -43,6 +47,7 @@ class BlockType:
     gate_site: str | None = None
     importance_norm: str | None = None
     short_name: str = ""
+    latency_parts: Callable[[Any, tuple[int, int]], list[tuple[str, Any, tuple[int, int]]]] | None = None
 
     @property
     def width_searchable(self) -> bool:
@@ -95,4 +100,8 @@ register_block(BlockType(
 register_block(BlockType(
     name="fused_irb", spec=FusedIRBSpec, module="prunet.nn.blocks:FusedInvertedResidual",
     latency_key=_bottleneck_key, gate_site="se", importance_norm="bn1", short_name="fir",
+))
+register_block(BlockType(
+    name="cell", spec=_cell.CellSpec, module="prunet.nn.cell:Cell", latency_key=_cell.latency_key,
+    latency_parts=_cell.latency_parts,
 ))

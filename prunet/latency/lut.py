@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Container, Iterable
 
 from prunet.arch import ArchSpec, HeadSpec, block_type
 from prunet._io import atomic_write_text
@@ -61,15 +61,23 @@ def head_key(head: HeadSpec, in_hw: tuple[int, int]) -> str:
     return f"head:{head.in_chs}>{head.conv_chs}:p{post}:n{head.num_classes}:{head.act}@{_hw(in_hw)}"
 
 
-def arch_parts(arch: ArchSpec) -> list[tuple[str, str, Any, tuple[int, int]]]:
-    """``(json_path, key, spec, input_hw)`` for every timed part of a network, in order."""
+def arch_parts(arch: ArchSpec, whole: Container[str] = ()) -> list[tuple[str, str, Any, tuple[int, int]]]:
+    """``(json_path, key, spec, input_hw)`` for every timed part of a network, in order.
+
+    A composite block (a cell: its type registers ``latency_parts``) is one part when its key is
+    in ``whole`` (a table that timed that cell whole), otherwise its timed sub-blocks are: every
+    distinct cell can have its own entry, and a cell nobody timed is still priced by its edges."""
     hw = tuple(arch.input_size[1:])
     out = []
     for i, c in enumerate(arch.stem):
         out.append((f"stem[{i}]", block_key(c, hw), c, hw))
         hw = c.out_hw(hw)
     for i, b in enumerate(arch.blocks):
-        out.append((f"blocks[{i}]", block_key(b, hw), b, hw))
+        key, split = block_key(b, hw), block_type(b).latency_parts
+        if split is None or key in whole:
+            out.append((f"blocks[{i}]", key, b, hw))
+        else:
+            out += [(f"blocks[{i}].{p}", block_key(s, shw), s, shw) for p, s, shw in split(b, hw)]
         hw = b.out_hw(hw)
     out.append(("head", head_key(arch.head, hw), arch.head, hw))
     return out  # type: ignore[return-value]
@@ -110,7 +118,7 @@ class LatencyTable:
                            f"(built for space {self.space_name!r}); rebuild it for this space") from None
 
     def raw_sum(self, arch: ArchSpec) -> float:
-        return sum(self.lookup(key, path) for path, key, _, _ in arch_parts(arch))
+        return sum(self.lookup(key, path) for path, key, _, _ in arch_parts(arch, self.entries))
 
     def predict(self, arch: ArchSpec) -> float:
         """Predicted whole-network latency in ms: ``a·Σ(parts) + c``."""
