@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from prunet._io import atomic_write_text  # re-exported: older callers import it from here
 from prunet.arch.cell import read_nodes as read_cell_nodes
+from prunet.arch.rep import SpecFieldError
 from prunet.arch.registry import block_type, block_types
 from prunet.arch.spec import (
     ACTIVATIONS,
@@ -168,8 +169,17 @@ _FIELD_READERS: dict[str, Any] = {
     "padding": lambda r, name, default: r.str(name, default, PADDINGS),
     "bn_eps": lambda r, name, default: r.float(name, default, lo=0.0, hi=1.0, lo_open=True),
     "se_chs": lambda r, name, default: r.int(name, default, lo=0),
+    "branches": lambda r, name, default: _str_list(r, name, default),  # a rep block's branches
     "nodes": lambda r, name, default: read_cell_nodes(r.raw(name, default), r._at(name)),  # a cell's DAG
 }
+
+
+def _str_list(r: JsonReader, key: str, default: Any) -> tuple[str, ...]:
+    v = r.list(key, list(default) if isinstance(default, tuple) else default)
+    for i, item in enumerate(v):
+        if not isinstance(item, str):
+            raise ArchError(f"{r._at(key)}[{i}]", f"expected a string, got {_kind(item)}")
+    return tuple(v)
 
 
 def _read_spec(r: JsonReader, cls: type) -> Any:
@@ -190,7 +200,10 @@ def _read_spec(r: JsonReader, cls: type) -> Any:
         else:
             values[name] = r.int(name, default)
     r.reject_unknown()
-    return cls(**values)
+    try:
+        return cls(**values)
+    except SpecFieldError as e:  # a spec's own check of a field (e.g. an unknown rep branch)
+        raise ArchError(r._at(e.field), e.message) from None
 
 
 def _read_conv(r: JsonReader) -> ConvSpec:

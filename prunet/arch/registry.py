@@ -13,9 +13,11 @@ imported only when a network is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from prunet.arch import cell as _cell
+from prunet.arch.rep import RepSpec, rep_latency_key
+from prunet.arch.rep import table_parts as rep_table_parts
 from prunet.arch.spec import ConvSpec, FusedIRBSpec, IRBSpec
 
 
@@ -38,6 +40,8 @@ class BlockType:
     ``latency_parts``: for a composite block (a cell), ``(spec, in_hw) → [(path, sub_spec,
     sub_in_hw)]``: the timed sub-blocks a latency table prices it by when it has no entry for the
     whole block (a table can still time each distinct composite block whole).
+    ``table_parts``: for types a search derives without them being space candidates (``rep``), the
+    ``(spec, in_chs, in_hw)`` a space implies for them, so the space's latency table holds them too.
     """
 
     name: str
@@ -48,6 +52,7 @@ class BlockType:
     importance_norm: str | None = None
     short_name: str = ""
     latency_parts: Callable[[Any, tuple[int, int]], list[tuple[str, Any, tuple[int, int]]]] | None = None
+    table_parts: Callable[[Any], Iterable[tuple[Any, int, tuple[int, int]]]] | None = None
 
     @property
     def width_searchable(self) -> bool:
@@ -104,4 +109,9 @@ register_block(BlockType(
 register_block(BlockType(
     name="cell", spec=_cell.CellSpec, module="prunet.nn.cell:Cell", latency_key=_cell.latency_key,
     latency_parts=_cell.latency_parts,
+))
+# Keyed by what inference runs (the fused 3x3 conv + act), not by the training-time branches.
+register_block(BlockType(
+    name="rep", spec=RepSpec, module="prunet.nn.rep:RepBlock", latency_key=rep_latency_key,
+    table_parts=rep_table_parts,
 ))

@@ -244,6 +244,11 @@ def to_onnx(model: ModelSpec, path: str | os.PathLike, *, batch: int | None = 1,
     trace_batch = batch if batch is not None else _DYNAMIC_TRACE_BATCH
     probe_forward(module, (trace_batch, *size))
     sample = torch.randn(trace_batch, *size, generator=torch.Generator().manual_seed(0))
+    # Re-parameterisable blocks (prunet's rep, timm's RepVGG/MobileOne...) are exported fused, as
+    # inference runs them; parity below still compares against the unfused module.
+    from prunet.nn import inference_form
+
+    exported = inference_form(module)
 
     try:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=".onnx.tmp")
@@ -255,7 +260,7 @@ def to_onnx(model: ModelSpec, path: str | os.PathLike, *, batch: int | None = 1,
         t0 = time.perf_counter()
         try:
             with _quiet_onnxscript(verbose):
-                _export_file(module, sample, tmp, exporter=exporter, opset=opset,
+                _export_file(exported, sample, tmp, exporter=exporter, opset=opset,
                              dynamic=batch is None, verbose=verbose)
         except PrunetExportError:
             raise

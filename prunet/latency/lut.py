@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Container, Iterable
 
-from prunet.arch import ArchSpec, HeadSpec, block_type
+from prunet.arch import ArchSpec, HeadSpec, block_type, block_types
 from prunet._io import atomic_write_text
 
 FORMAT = "prunet.lut/1"
@@ -44,6 +44,13 @@ class LutError(ValueError):
 
 
 # ----------------------------------------------------------------------------- keys
+
+
+def _inference_form(module: Any) -> Any:
+    """The fused copy of a module with re-parameterisable blocks (what inference runs and is timed)."""
+    from prunet.nn import inference_form as fused
+
+    return fused(module)
 
 
 def _hw(hw: tuple[int, int]) -> str:
@@ -290,7 +297,7 @@ class Measurer:
 
         from prunet.latency.backends import get_backend
 
-        module = module.eval()
+        module = _inference_form(module.eval())  # what inference runs: rep blocks fused
         if get_backend(self.backend).takes == "module":
             return measure(module, input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
                            threads=self.threads, headline=self.statistic).value
@@ -350,6 +357,10 @@ def space_parts(space: Any) -> dict[str, tuple[Any, int, tuple[int, int]]]:
     head = space.head
     fh = space.final_hw()
     parts.setdefault(head_key(head, fh), (head, head.in_chs, fh))
+    for bt in block_types().values():  # types a search derives beside the candidates (RepNAS's chains)
+        for spec, in_chs, phw in (bt.table_parts(space) if bt.table_parts else ()):
+            key = head_key(spec, phw) if isinstance(spec, HeadSpec) else block_key(spec, phw)
+            parts.setdefault(key, (spec, in_chs, phw))
     return parts
 
 

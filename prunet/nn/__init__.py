@@ -10,8 +10,9 @@ from prunet.nn.blocks import (
     build_block,
 )
 from prunet.nn.model import PruNet, block_module_names, feature_map_size, stage_layout
+from prunet.nn.rep import RepBlock, inference_form
 
 __all__ = [
     "ClassifierHead", "ConvBnAct", "FusedInvertedResidual", "InvertedResidual", "PruNet", "SqueezeExcite", "act_layer",
-    "block_module_names", "build_block", "feature_map_size", "stage_layout",
+    "block_module_names", "build_block", "feature_map_size", "stage_layout", "RepBlock", "inference_form",
 ]
