@@ -20,15 +20,19 @@ def edge_op(spec: CellSpec, edge: CellEdge, **dd: Any) -> nn.Module:
     block = spec.edge_block(edge)
     if block is not None:
         return build_block(block, **dd)
-    _, stride = spec.edge_shape(edge)
+    return free_op(edge.op, spec.edge_shape(edge)[1])
+
+
+def free_op(op: str, stride: int) -> nn.Module:
+    """A parameter-free edge op (pooling keeps 'same' padding, so every input edge agrees on size)."""
     pad = conv_padding(3, stride, "symmetric")
-    if edge.op == "max_pool_3x3":
+    if op == "max_pool_3x3":
         return nn.MaxPool2d(3, stride, pad)
-    if edge.op == "avg_pool_3x3":
+    if op == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride, pad, count_include_pad=False)
-    if edge.op == "skip":
+    if op == "skip" and stride == 1:
         return nn.Identity()
-    raise ValueError(f"cell edge op: unknown {edge.op!r}")
+    raise ValueError(f"cell edge op: no parameter-free op {op!r} at stride {stride}")
 
 
 class Cell(nn.Module):
