@@ -147,11 +147,13 @@ def cmd_zoo_show(args: argparse.Namespace) -> int:
                       c.act, "", "")
     names = block_module_names(spec)
     for i, b in enumerate(spec.blocks):
-        hidden = "" if isinstance(b, ConvSpec) else str(b.hidden_chs)
-        se = "" if isinstance(b, ConvSpec) else (str(b.se_chs) if b.se_chs else "-")
-        res = "" if isinstance(b, ConvSpec) else ("yes" if b.has_residual else "")
-        table.add_row(str(i), names[i], b.type, str(b.in_chs), str(b.out_chs), hidden, str(b.kernel), str(b.stride),
-                      b.act, se, res)
+        hidden = "" if isinstance(b, ConvSpec) else str(getattr(b, "hidden_chs", ""))
+        se = "" if isinstance(b, ConvSpec) or not hasattr(b, "se_chs") else (str(b.se_chs) if b.se_chs else "-")
+        res = "" if isinstance(b, ConvSpec) else ("yes" if getattr(b, "has_residual", False) else "")
+        if getattr(b, "nodes", None) is not None:  # a cell: its kept conv widths, node by node
+            hidden = " ".join("+".join(f"{e.op}:{e.width}" if e.width else e.op for e in n) for n in b.nodes)
+        table.add_row(str(i), names[i], b.type, str(b.in_chs), str(b.out_chs), hidden, str(getattr(b, "kernel", "")),
+                      str(b.stride), b.act, se, res)
     h = spec.head
     table.add_row("h", "head", "conv1x1+pool" + ("+conv1x1" if h.post_pool_chs else ""), str(h.in_chs),
                   str(h.post_pool_chs or h.conv_chs), str(h.conv_chs), "1", "1", h.act, "", f"→ {h.num_classes}")
