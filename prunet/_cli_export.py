@@ -308,12 +308,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                device=args.device) for b in usable]
             if not cands:
                 continue
-            stats = measure_interleaved(cands, warmup=args.warmup, iters=args.iters,
+            # A/A: every (target, backend) a second time, its own runner, in the same rounds
+            twins = [Candidate(label=f"{c.label} (A/A)", target=c.target, input_shape=c.input_shape,
+                               backend=c.backend, device=c.device) for c in cands] if args.aa else []
+            stats = measure_interleaved(cands + twins, warmup=args.warmup, iters=args.iters,
                                         threads=args.threads, headline=args.headline,
                                         progress=not args.quiet)
             for c in cands:
                 s = stats[c.label]
                 s.target = str(spec)
+                if args.aa:
+                    again = stats[f"{c.label} (A/A)"].value
+                    s.settings["aa_value"] = again
+                    s.settings["aa_error"] = abs(again - s.value) / s.value
                 results.append(s)
     except PrunetExportError as exc:
         return _fail(exc)
@@ -321,18 +328,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table = Table(title=f"latency, batch {args.batch} ({args.headline} of {args.iters} runs, "
                         "backends interleaved)")
     table.add_column("target", overflow="fold")
-    for col in ("backend", f"{args.headline} (ms)", "median", "p10", "p90", "threads", "ratio"):
+    cols = ["backend", f"{args.headline} (ms)", "median", "p10", "p90", "threads", "ratio"]
+    for col in cols + (["A/A diff"] if args.aa else []):
         table.add_column(col, no_wrap=True)
     first: dict[str, float] = {}
     for r in results:
         base = first.setdefault(r.target, r.value)
-        table.add_row(r.target, r.backend, f"{r.value:.3f}", f"{r.median:.3f}", f"{r.p10:.3f}",
-                      f"{r.p90:.3f}", str(r.threads), f"{r.value / base:.2f}")
+        row = [r.target, r.backend, f"{r.value:.3f}", f"{r.median:.3f}", f"{r.p10:.3f}",
+               f"{r.p90:.3f}", str(r.threads), f"{r.value / base:.2f}"]
+        table.add_row(*row, *([f"{100 * r.settings['aa_error']:.1f} %"] if args.aa else []))
     Console(width=max(Console().width, 110)).print(table)
+    floor = _aa_floor(results) if args.aa else None
+    if floor:
+        print(f"A/A floor: each figure measured twice in the same rounds; {100 * floor['within_10pct']:.0f} % "
+              f"of {floor['pairs']} pairs within ±10 %, MAPE {100 * floor['mape']:.1f} % "
+              "(differences between rows below this are noise)")
     if args.json:
         from prunet.latency.report import write_json
 
-        write_json(args.json, results, command="prunet bench")
+        write_json(args.json, results, command="prunet bench", aa_floor=floor)
         print(f"wrote {args.json}")
     if args.plot:
         from prunet.latency.report import plot
@@ -340,6 +354,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plot(args.plot, results, title=f"latency, batch {args.batch}")
         print(f"wrote {args.plot}")
     return 0
+
+
+def _aa_floor(results: list) -> dict:
+    """Share of A/A pairs within ±10 % and their MAPE: the noise floor of this bench run."""
+    errs = [r.settings["aa_error"] for r in results]
+    return {"pairs": len(errs), "within_10pct": sum(e <= 0.10 for e in errs) / max(len(errs), 1),
+            "mape": sum(errs) / max(len(errs), 1)}
 
 
 def _check_backends(backends: list[str], device: str) -> None:
@@ -379,6 +400,8 @@ def add_bench_command(sub: Any) -> None:
     p.add_argument("--headline", choices=("min", "p10", "median", "mean"), default="min",
                    help="statistic reported (min: robust on shared CPUs, see docs)")
     p.add_argument("--json", metavar="PATH", help="write results with provenance as JSON")
+    p.add_argument("--no-aa", dest="aa", action="store_false",
+                   help="do not measure every figure a second time (the A/A noise floor)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart")
     _add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -184,14 +184,15 @@ def cmd_build_lut(args: argparse.Namespace) -> int:
     try:
         check_output(args.out, args.overwrite)
         space = load_space(args.space)
-        m = Measurer(backend=args.backend, threads=args.threads, iters=args.iters, warmup=args.warmup)
+        m = Measurer(backend=args.backend, threads=args.threads, iters=args.iters, warmup=args.warmup,
+                     device=args.device)
         table = build_table(space, m, calib_nets=args.calib_nets, seed=args.seed, progress=not args.quiet)
         table.save(args.out)
     except _user_errors() as e:
         return _fail(e)
     if not args.quiet:
         cal = table.calibration
-        print(f"{args.out}: {len(table.entries)} entries, a={table.a:.4f} c={table.c:.4f} ms "
+        print(f"{args.out}: {len(table.entries)} entries, model {table.model!r} a={table.a:.4f} c={table.c:.4f} ms "
               f"(fit MAPE {cal['fit_mape']:.3f} on {cal['nets']} nets, plain sum {cal['raw_sum_mape']:.3f}), id {table.id}")
     return 0
 
@@ -223,7 +224,7 @@ def cmd_validate_lut(args: argparse.Namespace) -> int:
         table = load_table(args.lut)
         space = _space_for_table(table, args.space)
         m = Measurer(backend=table.backend, threads=table.threads, iters=args.iters, warmup=args.warmup,
-                     statistic=table.statistic)
+                     statistic=table.statistic, device=table.provenance.get("device_kind") or "cpu")
         res = validate_table(table, space, m, samples=args.samples, seed=args.seed, progress=not (args.quiet or args.json),
                              plot=args.plot, correct_drift=args.correct_drift, allow_foreign=args.allow_foreign_lut)
     except _user_errors() as e:
@@ -235,7 +236,9 @@ def cmd_validate_lut(args: argparse.Namespace) -> int:
         print(json.dumps(res))
     else:
         print(f"{res['samples']} nets: {100 * res['within_10pct']:.0f} % within ±10 %, MAPE {100 * res['mape']:.1f} %, "
-              f"Spearman {res['spearman']:.3f}; reference drift ×{res['drift']['ratio']:.3f}")
+              f"Spearman {res['spearman']:.3f}; A/A floor (same nets measured twice): "
+              f"{100 * res['aa_within_10pct']:.0f} % within ±10 %, MAPE {100 * res['aa_mape']:.1f} %; "
+              f"reference drift ×{res['drift']['ratio']:.3f}")
     return 0
 
 
@@ -249,7 +252,10 @@ def add_latency_commands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="inference threads (measure as you deploy)")
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--calib-nets", dest="calib_nets", type=int, default=8)
+    p.add_argument("--calib-nets", dest="calib_nets", type=int, default=24,
+                   help="whole nets the model is fitted and cross-validated on (never used by validate-lut)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="torch backend: cuda times eager PyTorch with CUDA events (needs a GPU)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

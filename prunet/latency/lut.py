@@ -6,6 +6,11 @@ once, in isolation, and summed. A plain sum of isolated blocks misses whole netw
 on these CPUs (per-``run()`` overhead, cache effects; /work/shared/notes/latency-measurement.md),
 so the predictor is ``a·Σ + c`` with ``a, c`` fitted by least squares on a few whole networks
 sampled from the space and measured whole, exactly as the search's results will be measured.
+Tables of format ``prunet.lut/2`` add per-part features (parts, weight and activation bytes,
+stride-2, width change; :mod:`prunet.latency.features`) with coefficients chosen by
+cross-validation on the calibration nets (:mod:`prunet.latency.model`): still a sum of per-part
+terms, so :meth:`LatencyTable.lookup` returns each part's corrected term and every consumer of
+the table (the search's differentiable expected latency included) predicts with the same model.
 
 A table records its provenance (space name and content hash, backend, statistic, threads,
 versions, exporter, date) and refuses to serve another space or backend. Timings drift on shared
@@ -33,7 +38,8 @@ from typing import Any, Callable, Container, Iterable
 from prunet.arch import ArchSpec, HeadSpec, block_type, block_types
 from prunet._io import atomic_write_text
 
-FORMAT = "prunet.lut/1"
+FORMAT = "prunet.lut/2"
+FORMATS_READ = ("prunet.lut/1", FORMAT)  # /1: no features, affine calibration only
 DEFAULT_ITERS = 300
 DEFAULT_WARMUP = 30
 STATISTIC = "min"
@@ -108,28 +114,69 @@ class LatencyTable:
     calibration: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, dict[str, float]] = field(default_factory=dict)  # key → per-part features
+    weights: dict[str, float] = field(default_factory=dict)  # feature → ms per unit (empty: affine)
+    model: str = "affine"
+    calib_net_ids: list[str] = field(default_factory=list)  # nets the calibration was fitted on
     path: str = ""
 
     @property
     def id(self) -> str:
-        """Content id: changes whenever an entry or the calibration does."""
-        text = json.dumps([self.space_hash, self.backend, self.statistic, self.threads, sorted(self.entries.items()),
-                           self.a, self.c], separators=(",", ":"))
+        """Content id: changes whenever an entry, a feature or the calibration does (a table without
+        features keeps the id format /1 gave it)."""
+        content: list[Any] = [self.space_hash, self.backend, self.statistic, self.threads,
+                              sorted(self.entries.items()), self.a, self.c]
+        if self.features or self.weights or self.calib_net_ids:
+            content += [self.model, sorted(self.weights.items()),
+                        sorted((k, sorted(v.items())) for k, v in self.features.items()), self.calib_net_ids]
+        text = json.dumps(content, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def lookup(self, key: str, where: str = "") -> float:
+    def measured(self, key: str, where: str = "") -> float:
+        """The entry as measured, in isolation (ms)."""
         try:
             return self.entries[key]
         except KeyError:
             raise LutError(f"{where or key}: no entry {key!r} in the latency table "
                            f"(built for space {self.space_name!r}); rebuild it for this space") from None
 
+    def correction(self, key: str, where: str = "") -> float:
+        """What the fitted features add to this part's term, in table ms (before ``a``)."""
+        if not self.weights:
+            return 0.0
+        feats = self.features.get(key)
+        if feats is None:
+            raise LutError(f"{where or key}: no features for entry {key!r} in the latency table; rebuild it")
+        return sum(w * feats[f] for f, w in self.weights.items()) / self.a
+
+    def lookup(self, key: str, where: str = "") -> float:
+        """This part's term of the prediction: its measured latency plus the fitted correction,
+        so that ``predict = a·Σ lookup + c`` for every model the table may hold."""
+        return self.measured(key, where) + self.correction(key, where)
+
+    def plain_sum(self, arch: ArchSpec) -> float:
+        """Σ of the measured entries alone (what a table without a model would say)."""
+        return sum(self.measured(key, path) for path, key, _, _ in arch_parts(arch, self.entries))
+
     def raw_sum(self, arch: ArchSpec) -> float:
         return sum(self.lookup(key, path) for path, key, _, _ in arch_parts(arch, self.entries))
 
     def predict(self, arch: ArchSpec) -> float:
-        """Predicted whole-network latency in ms: ``a·Σ(parts) + c``."""
+        """Predicted whole-network latency in ms: ``a·Σ(parts) + c`` (parts corrected by the model)."""
         return self.a * self.raw_sum(arch) + self.c
+
+    def feature_totals(self, arch: ArchSpec) -> dict[str, float]:
+        """Each feature summed over the net's parts (the model's regressors)."""
+        from prunet.latency.features import FEATURES
+
+        out = dict.fromkeys(FEATURES, 0.0)
+        for path, key, _, _ in arch_parts(arch, self.entries):
+            feats = self.features.get(key)
+            if feats is None:
+                raise LutError(f"{path}: no features for entry {key!r} in the latency table; rebuild it")
+            for f in FEATURES:
+                out[f] += feats[f]
+        return out
 
     def check_for(self, space_hash: str | None = None, backend: str | None = None, threads: int | None = None,
                   statistic: str | None = None) -> None:
@@ -181,14 +228,21 @@ class LatencyTable:
         return diffs
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        from prunet.latency.features import FEATURES
+
+        doc = {
             "format": FORMAT, "id": self.id,
             "space": {"name": self.space_name, "hash": self.space_hash},
             "backend": self.backend, "statistic": self.statistic, "threads": self.threads,
-            "calibration": {"a": self.a, "c": self.c, **self.calibration},
+            "calibration": {"a": self.a, "c": self.c, **self.calibration, "model": self.model,
+                            "weights": dict(self.weights), "net_ids": list(self.calib_net_ids)},
             "reference": self.reference, "provenance": self.provenance,
             "entries": dict(sorted(self.entries.items())),
         }
+        if self.features:
+            doc["features"] = {"names": list(FEATURES),
+                               "values": {k: [v[f] for f in FEATURES] for k, v in sorted(self.features.items())}}
+        return doc
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -244,8 +298,8 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
             raise LutError(f"{p}: {where}{key}: expected {getattr(kind, '__name__', kind)}")
         return obj[key]
 
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise LutError(f"{p}: format: expected {FORMAT!r}")
+    if not isinstance(obj, dict) or obj.get("format") not in FORMATS_READ:
+        raise LutError(f"{p}: format: expected one of {list(FORMATS_READ)}")
     space = need(obj, "space", dict, "")
     entries = need(obj, "entries", dict, "")
     for k, v in entries.items():
@@ -266,15 +320,66 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
         backend=need(obj, "backend", str, ""), statistic=statistic,
         threads=threads, entries={k: float(v) for k, v in entries.items()},
         a=float(need(cal, "a", (int, float), "calibration.")), c=float(need(cal, "c", (int, float), "calibration.")),
-        calibration={k: v for k, v in cal.items() if k not in ("a", "c")},
+        calibration={k: v for k, v in cal.items() if k not in ("a", "c", "model", "weights", "net_ids")},
         reference=obj.get("reference") or {}, provenance=obj.get("provenance") or {}, path=str(p),
     )
     _check_calibration(p, table.a, table.c)
+    if obj["format"] == FORMAT:
+        _read_model(p, obj, table)
+    elif "features" in obj or "weights" in cal:
+        raise LutError(f"{p}: format: {obj['format']!r} has no features or model weights; expected {FORMAT!r}")
     stored = need(obj, "id", str, "")
     if stored != table.id:
         raise LutError(f"{p}: id: the file says {stored!r} but its entries and calibration give {table.id!r}: "
                        "it was changed after it was built; rebuild it (prunet latency build-lut)")
     return table
+
+
+def _read_model(p: Path, obj: dict[str, Any], table: LatencyTable) -> None:
+    """Verify a /2 table's model: features for exactly the entries, known feature names, finite
+    weights of stored features, and every part's corrected term positive (a negative term would
+    make a block cheaper than skipping it)."""
+    from prunet.latency.features import CANDIDATE_MODELS, FEATURES
+
+    cal = obj["calibration"]
+    model = cal.get("model")
+    if model not in CANDIDATE_MODELS:
+        raise LutError(f"{p}: calibration.model: expected one of {list(CANDIDATE_MODELS)}, got {model!r}")
+    weights = cal.get("weights")
+    if not isinstance(weights, dict) or set(weights) != set(CANDIDATE_MODELS[model]):
+        raise LutError(f"{p}: calibration.weights: expected a number for each of {list(CANDIDATE_MODELS[model])}")
+    for f, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise LutError(f"{p}: calibration.weights.{f}: expected a finite number, got {w!r}")
+    ids = cal.get("net_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise LutError(f"{p}: calibration.net_ids: expected a list of net ids (strings)")
+    feats = obj.get("features")
+    if not isinstance(feats, dict) or feats.get("names") != list(FEATURES) or not isinstance(feats.get("values"), dict):
+        raise LutError(f"{p}: features: expected {{'names': {list(FEATURES)}, 'values': {{entry: [numbers]}}}}")
+    values = feats["values"]
+    if set(values) != set(table.entries):
+        odd = sorted(set(values) ^ set(table.entries))[0]
+        raise LutError(f"{p}: features.values: expected one row per entry, {odd!r} is in one and not the other")
+    for k, row in values.items():
+        if (not isinstance(row, list) or len(row) != len(FEATURES)
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+                       for v in row)):
+            raise LutError(f"{p}: features.values.{k}: expected {len(FEATURES)} non-negative numbers")
+    table.model, table.weights = model, {f: float(w) for f, w in weights.items()}
+    table.calib_net_ids = list(ids)
+    table.features = {k: dict(zip(FEATURES, map(float, row))) for k, row in values.items()}
+    bad = [k for k in table.entries if table.lookup(k) <= 0]
+    if bad:
+        raise LutError(f"{p}: calibration.weights: entry {bad[0]!r} gets a term of {table.lookup(bad[0]):.4g} ms; "
+                       "expected every part > 0; rebuild the table")
+
+
+def net_id(arch: ArchSpec) -> str:
+    """Identity of a net for the table: the sequence of its parts' keys (two nets with the same
+    sequence are the same net to every measurement and prediction)."""
+    text = "|".join(key for _, key, _, _ in arch_parts(arch))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -291,6 +396,8 @@ class Measurer:
     warmup: int = DEFAULT_WARMUP
     statistic: str = STATISTIC
     exporter: str = "torchscript"
+    device: str = "cpu"  # "cuda": torch eager timed with CUDA events (refused where torch sees no GPU)
+    burst: int = 10  # back-to-back runs per round when two measurements are interleaved (see pair)
 
     def __call__(self, module: Any, input_shape: tuple[int, ...]) -> float:
         from prunet.latency import measure
@@ -300,7 +407,7 @@ class Measurer:
         module = _inference_form(module.eval())  # what inference runs: rep blocks fused
         if get_backend(self.backend).takes == "module":
             return measure(module, input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
-                           threads=self.threads, headline=self.statistic).value
+                           threads=self.threads, headline=self.statistic, device=self.device).value
         from prunet.export.onnx import to_onnx
 
         tmp = tempfile.mkdtemp(prefix="prunet-lut-")
@@ -309,9 +416,45 @@ class Measurer:
             to_onnx(module, path, batch=input_shape[0], input_size=tuple(input_shape[1:]), images=False,
                     check_tensorrt=False, exporter=self.exporter, parity=False)
             return measure(str(path), input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
-                           threads=self.threads, headline=self.statistic).value
+                           threads=self.threads, headline=self.statistic, device=self.device).value
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def pair(self, module: Any, input_shape: tuple[int, ...]) -> tuple[float, float]:
+        """Two independent measurements of one module (two sessions/runners), interleaved round
+        by round in bursts of :attr:`burst` back-to-back runs, each reporting its own statistic.
+
+        Why two: how far two timings of the *same* net disagree here and now (the A/A floor) is
+        the accuracy no predictor can beat; interleaving gives both the same machine state."""
+        from prunet.latency import Candidate, measure_interleaved
+
+        from prunet.latency.backends import get_backend
+
+        module = _inference_form(module.eval())  # what inference runs: rep blocks fused
+        rounds = max(1, -(-self.iters // self.burst))
+        tmp = None
+        try:
+            target: Any = module
+            if get_backend(self.backend).takes != "module":
+                from prunet.export.onnx import to_onnx
+
+                tmp = tempfile.mkdtemp(prefix="prunet-lut-")
+                target = str(Path(tmp) / "m.onnx")
+                to_onnx(module, target, batch=input_shape[0], input_size=tuple(input_shape[1:]), images=False,
+                        check_tensorrt=False, exporter=self.exporter, parity=False)
+            cands = [Candidate(label=lab, target=target, input_shape=tuple(input_shape), backend=self.backend,
+                               device=self.device) for lab in ("A", "B")]
+            res = measure_interleaved(cands, warmup=self.warmup, iters=rounds, threads=self.threads,
+                                      headline=self.statistic, burst=self.burst)
+            return res["A"].value, res["B"].value
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def whole_pair(self, arch: ArchSpec) -> tuple[float, float]:
+        from prunet.nn import PruNet
+
+        return self.pair(PruNet(arch), (1, *arch.input_size))
 
     def part(self, spec: Any, in_chs: int, hw: tuple[int, int]) -> float:
         from prunet.nn import ClassifierHead, build_block
@@ -329,7 +472,7 @@ class Measurer:
         plus the fingerprint :meth:`LatencyTable.check_machine` compares on load."""
         from prunet.latency.provenance import GPU_BACKENDS, device_description, latency_fingerprint, now, versions
 
-        device = "cuda" if self.backend in GPU_BACKENDS else "cpu"
+        device = "cuda" if self.backend in GPU_BACKENDS else self.device
         found = versions()
         fingerprint = latency_fingerprint(self.backend, device)
         if "cuda" in fingerprint:
@@ -401,36 +544,110 @@ def fit_calibration(sums: list[float], measured: list[float], floor_sum: float |
     return float(y.sum() / max(x.sum(), 1e-12)), 0.0
 
 
-def build_table(space: Any, measurer: Measurer, calib_nets: int = 8, seed: int = 0,
+def calibration_nets(space: Any, count: int, seed: int = 0) -> list[ArchSpec]:
+    """The nets a table of ``space`` is calibrated on (reproducible from ``seed``)."""
+    rng = random.Random(seed)
+    return [sample_arch(space, rng, f"calib{i}") for i in range(count)]
+
+
+def validation_nets(space: Any, count: int, seed: int = 1, exclude: Iterable[str] = ()) -> list[ArchSpec]:
+    """``count`` random nets of ``space`` none of which is a net in ``exclude`` (net ids of the
+    calibration): a validation that measured a net the model was fitted on would report the fit,
+    not the prediction. Repeats among the validation nets are allowed (tiny spaces have few
+    nets); a space with no net outside ``exclude`` is refused."""
+    banned = set(exclude)
+    rng = random.Random(seed)
+    out: list[ArchSpec] = []
+    tries = 0
+    while len(out) < count:
+        arch = sample_arch(space, rng, f"val{len(out)}")
+        tries += 1
+        if net_id(arch) not in banned:
+            out.append(arch)
+        elif tries > 200 * max(count, 1):
+            raise LutError(f"space {space.name!r}: no net outside the {len(banned)} calibration net(s) found in "
+                           f"{tries} draws; nothing left to validate on")
+    return out
+
+
+def needed_keys(space: Any, nets: Iterable[ArchSpec]) -> set[str]:
+    """Table keys a partial table needs to predict ``nets`` and to calibrate: their parts, the
+    drift reference's and every candidate's smallest width (the cheapest net is checked)."""
+    keys = {key for arch in [*nets, reference_arch(space)] for _, key, _, _ in arch_parts(arch)}
+    for slot in space.layers():
+        for cand in slot.candidates:
+            keys.add(block_key(slot.block_spec(cand, slot.hidden_widths(cand, space.width_step)[0]), slot.in_hw))
+    hw = tuple(space.input_size[1:])
+    for c in space.stem:
+        keys.add(block_key(c, hw))
+        hw = c.out_hw(hw)
+    keys.add(head_key(space.head, space.final_hw()))
+    return keys
+
+
+def _mape(pred: list[float], meas: list[float]) -> float:
+    return float(sum(abs(p - m) / m for p, m in zip(pred, meas)) / max(len(meas), 1))
+
+
+def build_table(space: Any, measurer: Measurer, calib_nets: int = 24, seed: int = 0,
                 progress: bool = True, keys: Iterable[str] | None = None) -> LatencyTable:
-    """Measure every reachable block of ``space``, then calibrate on ``calib_nets`` whole nets."""
+    """Measure every reachable block of ``space`` (or only ``keys`` plus what calibration needs),
+    then fit the whole-net model on ``calib_nets`` whole nets (:func:`calibrate`)."""
     from tqdm.auto import tqdm
 
+    from prunet.latency.features import part_features
+
     parts = space_parts(space)
-    todo = list(parts) if keys is None else list(keys)
+    nets = calibration_nets(space, calib_nets, seed)
+    todo = list(parts) if keys is None else sorted(set(keys) | needed_keys(space, nets))
     entries: dict[str, float] = {}
+    features: dict[str, dict[str, float]] = {}
     t0 = time.time()
     for key in tqdm(todo, desc=f"LUT {space.name} [{measurer.backend}]", disable=not progress, unit="block"):
         spec, in_chs, hw = parts[key]
         entries[key] = measurer.part(spec, in_chs, hw)
+        features[key] = part_features(spec, in_chs, hw)
     table = LatencyTable(space_name=space.name, space_hash=space.hash, backend=measurer.backend,
-                         statistic=measurer.statistic, threads=measurer.threads, entries=entries)
-    rng = random.Random(seed)
-    nets = [sample_arch(space, rng, f"calib{i}") for i in range(calib_nets)]
-    sums, meas = [], []
-    for arch in tqdm(nets, desc="calibration nets", disable=not progress, unit="net"):
-        sums.append(table.raw_sum(arch))
-        meas.append(measurer.whole(arch))
-    table.a, table.c = fit_calibration(sums, meas, table.raw_sum(cheapest_arch(table, space)))
-    pred = [table.a * s + table.c for s in sums]
-    table.calibration = {"nets": calib_nets, "seed": seed,
-                         "fit_mape": float(sum(abs(p - m) / m for p, m in zip(pred, meas)) / max(len(meas), 1)),
-                         "raw_sum_mape": float(sum(abs(s - m) / m for s, m in zip(sums, meas)) / max(len(meas), 1))}
+                         statistic=measurer.statistic, threads=measurer.threads, entries=entries, features=features)
+    meas = [measurer.whole(arch) for arch in tqdm(nets, desc="calibration nets", disable=not progress, unit="net")]
+    calibrate(table, space, nets, meas)
+    table.calibration["seed"] = seed
     ref = reference_arch(space)
     table.reference = {"name": ref.name, "ms": measurer.whole(ref)}
     table.provenance = {**measurer.provenance(), "build_seconds": round(time.time() - t0, 1),
-                        "space_source": getattr(space, "source", "")}
+                        "space_source": getattr(space, "source", ""), "partial": keys is not None}
     return table
+
+
+def calibrate(table: LatencyTable, space: Any, nets: list[ArchSpec], measured: list[float]) -> None:
+    """Fit the table's model on ``nets`` measured whole (:func:`prunet.latency.model.fit_model`):
+    the candidate with the best leave-one-out MAPE among those that keep every part's term and the
+    space's cheapest net positive."""
+    from prunet.latency.features import FEATURES
+    from prunet.latency.model import Fit, fit_model
+
+    table.weights, table.model = {}, "affine"
+    sums = [table.plain_sum(a) for a in nets]
+    totals_per_net = [table.feature_totals(a) for a in nets]
+    totals = {f: [t[f] for t in totals_per_net] for f in FEATURES}
+    floor = table.plain_sum(cheapest_arch(table, space))
+
+    def acceptable(fit: Fit) -> bool:
+        trial = LatencyTable(table.space_name, table.space_hash, table.backend, table.statistic, table.threads,
+                             table.entries, a=fit.a, c=fit.c, features=table.features, weights=fit.weights)
+        if any(trial.lookup(k) <= 0 for k in trial.entries):
+            return False
+        return trial.predict(cheapest_arch(trial, space)) > 0
+
+    fit = fit_model(sums, totals, measured, acceptable, lambda: fit_calibration(sums, measured, floor))
+    table.a, table.c, table.weights, table.model = fit.a, fit.c, fit.weights, fit.model
+    table.calib_net_ids = [net_id(a) for a in nets]
+    pred = [table.predict(a) for a in nets]
+    affine = fit_calibration(sums, measured, floor)
+    table.calibration = {"nets": len(nets), "fit_mape": _mape(pred, measured),
+                         "raw_sum_mape": _mape(sums, measured),
+                         "affine_fit_mape": _mape([affine[0] * s + affine[1] for s in sums], measured),
+                         "cv_mape": fit.cv_mape, "measured_ms": [float(m) for m in measured]}
 
 
 def drift(table: LatencyTable, space: Any, measurer: Measurer) -> dict[str, float]:
@@ -448,10 +665,20 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+def agreement(reference: list[float], other: list[float]) -> dict[str, float]:
+    """Share within ±10 %, MAPE and worst relative error of ``other`` against ``reference``."""
+    errs = [abs(o - r) / r for r, o in zip(reference, other)]
+    n = max(len(errs), 1)
+    return {"within_10pct": sum(e <= 0.10 for e in errs) / n, "mape": sum(errs) / n,
+            "max_error": max(errs, default=float("nan"))}
+
+
 def validate_table(table: LatencyTable, space: Any, measurer: Measurer, samples: int = 20, seed: int = 1,
                    progress: bool = True, plot: str | os.PathLike | None = None,
                    correct_drift: bool = False, allow_foreign: bool = False) -> dict[str, Any]:
-    """Sample random nets, predict and measure them whole; report accuracy of the prediction.
+    """Sample random nets the calibration never saw, predict them and measure each twice
+    (interleaved, :meth:`Measurer.whole_pair`); report the prediction against the first
+    measurement and, beside it, the second measurement against the first: the A/A floor.
 
     A table from another machine is refused unless ``allow_foreign`` (``--allow-foreign-lut``):
     validating it here says how well it transfers, which is a question to ask on purpose."""
@@ -459,27 +686,44 @@ def validate_table(table: LatencyTable, space: Any, measurer: Measurer, samples:
 
     table.check_for(space.hash, measurer.backend, measurer.threads, measurer.statistic)
     foreign = table.check_machine(allow_foreign)
-    rng = random.Random(seed)
-    nets = [sample_arch(space, rng, f"val{i}") for i in range(samples)]
+    excluded = calibration_ids(table, space)
+    nets = validation_nets(space, samples, seed, excluded)
+    for arch in nets:  # a missing entry is refused before anything is measured
+        table.predict(arch)
     d = drift(table, space, measurer)
     scale = d["ratio"] if correct_drift else 1.0
-    preds, meas = [], []
+    preds, meas, again = [], [], []
     for arch in tqdm(nets, desc="validate-lut", disable=not progress, unit="net"):
         preds.append(table.predict(arch) * scale)
-        meas.append(measurer.whole(arch))
-    errs = [abs(p - m) / m for p, m in zip(preds, meas)]
+        first, second = measurer.whole_pair(arch)
+        meas.append(first)
+        again.append(second)
+    acc, aa = agreement(meas, preds), agreement(meas, again)
     out = {
-        "samples": samples, "within_10pct": sum(e <= 0.10 for e in errs) / samples,
-        "mape": sum(errs) / samples, "spearman": spearman(preds, meas) if samples >= 3 else float("nan"),
-        "max_error": max(errs), "drift": d, "drift_corrected": correct_drift,
+        "samples": samples, "within_10pct": acc["within_10pct"],
+        "mape": acc["mape"], "spearman": spearman(preds, meas) if samples >= 3 else float("nan"),
+        "max_error": acc["max_error"], "drift": d, "drift_corrected": correct_drift,
+        "aa_within_10pct": aa["within_10pct"], "aa_mape": aa["mape"], "aa_max_error": aa["max_error"],
         "backend": table.backend, "threads": table.threads, "statistic": table.statistic, "lut_id": table.id,
-        "foreign_machine": foreign,
-        "predicted_ms": preds, "measured_ms": meas,
+        "model": table.model, "foreign_machine": foreign, "calibration_nets_excluded": len(excluded),
+        "predicted_ms": preds, "measured_ms": meas, "measured_again_ms": again,
+        "net_ids": [net_id(a) for a in nets],
     }
     if plot:
         plot_validation(preds, meas, plot, title=f"{space.name} [{table.backend}, {table.threads} thr]")
         out["plot"] = str(plot)
     return out
+
+
+def calibration_ids(table: LatencyTable, space: Any) -> set[str]:
+    """Ids of the nets the table's calibration was fitted on: stored (format /2), or re-drawn from
+    the recorded seed and count (format /1 tables, which stored neither ids nor features)."""
+    if table.calib_net_ids:
+        return set(table.calib_net_ids)
+    n, seed = table.calibration.get("nets"), table.calibration.get("seed")
+    if isinstance(n, int) and isinstance(seed, int) and not isinstance(n, bool):
+        return {net_id(a) for a in calibration_nets(space, n, seed)}
+    return set()
 
 
 def plot_validation(preds: list[float], meas: list[float], path: str | os.PathLike, title: str = "") -> None:
@@ -494,7 +738,7 @@ def plot_validation(preds: list[float], meas: list[float], path: str | os.PathLi
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="±10 %")
     ax.scatter(meas, preds, s=14)
     ax.set_xlabel("measured whole net (ms)")
-    ax.set_ylabel("predicted a·Σ + c (ms)")
+    ax.set_ylabel("predicted (ms)")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left")
     fig.tight_layout()
