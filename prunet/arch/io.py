@@ -175,7 +175,10 @@ _FIELD_READERS: dict[str, Any] = {
 
 
 def _str_list(r: JsonReader, key: str, default: Any) -> tuple[str, ...]:
-    v = r.list(key, list(default) if isinstance(default, tuple) else default)
+    if isinstance(r.obj.get(key), tuple):  # to_dict() of a spec, read back without JSON
+        v = list(r.raw(key))
+    else:
+        v = r.list(key, list(default) if isinstance(default, tuple) else default)
     for i, item in enumerate(v):
         if not isinstance(item, str):
             raise ArchError(f"{r._at(key)}[{i}]", f"expected a string, got {_kind(item)}")
