@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from test_search_fixtures import (PY, REPO, TINY_ARGS, TINY_SPACE, mid_target, needs_fashion, run,  # noqa: F401
+from test_search_fixtures import (PY, TINY_ARGS, TINY_SPACE, mid_target, needs_fashion, run,  # noqa: F401
                                   tiny_lut, tiny_space)
 
 
