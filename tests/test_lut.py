@@ -86,7 +86,8 @@ def test_build_and_validate_lut_commands_onnxruntime(tmp_path):
     assert r.returncode == 0, r.stderr
     t = load_table(lut)
     assert t.backend == "onnxruntime" and t.threads == 1 and t.statistic == "min"
-    assert len(t.entries) == 5 and t.reference["ms"] > 0  # stem, two widths, head, the RepNAS chain's rep block
+    # stem, two widths, head, the RepNAS chain's rep block; a cell's pools and skip (3) and node sums (8)
+    assert len(t.entries) == 16 and t.reference["ms"] > 0
     prov = t.provenance
     assert prov["exporter"] == "torchscript" and "onnxruntime" in prov["versions"]
     r = run([PY, "-m", "prunet.cli", "latency", "validate-lut", str(lut), "--samples", "3", "--json",

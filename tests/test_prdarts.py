@@ -91,18 +91,73 @@ def test_latency_table_times_a_cell_whole_and_prices_an_untimed_one_by_its_edges
     entries = {block_key(arch.stem[0], (16, 16)): m.part(arch.stem[0], 1, (16, 16)),
                cell_key: m.part(CELL, 16, (16, 16)),
                head_key(arch.head, (8, 8)): m.part(arch.head, 24, (8, 8))}
-    for _, spec, hw in latency_parts(CELL, (16, 16)):  # the conv edges alone
+    for _, spec, hw in latency_parts(CELL, (16, 16)):  # its edges, conv and free, and its node sums
         entries[block_key(spec, hw)] = m.part(spec, spec.in_chs, hw)
     assert all(v > 0 for v in entries.values())
     table = LatencyTable("t", "h", "torch", "min", 1, entries)
     whole = arch_parts(arch, table.entries)
     assert [p for p, *_ in whole] == ["stem[0]", "blocks[0]", "head"]
     assert table.predict(arch) == pytest.approx(sum(entries[k] for _, k, _, _ in whole))
-    # a different genotype nobody timed: priced by its conv edges (3 of them here)
+    # a different genotype nobody timed: priced by all its parts, the free ones included
     other = replace(CELL, nodes=(CELL.nodes[0], (E(1, "max_pool_3x3"), E(0, "ir_k5", 24)), CELL.nodes[2]))
     parts = arch_parts(_arch(other), table.entries)
-    assert [p for p, *_ in parts][1:4] == ["blocks[0].nodes[0][0]", "blocks[0].nodes[0][1]", "blocks[0].nodes[1][1]"]
-    assert table.predict(_arch(other)) > 0
+    assert [p for p, *_ in parts][1:-1] == [f"blocks[0].{p}" for p in (
+        "nodes[0][0]", "nodes[0][1]", "nodes[1][0]", "nodes[1][1]", "nodes[2][0]", "nodes[2][1]", "sum")]
+    assert [s.type for _, _, s, _ in parts[1:-1]] == ["irb", "fused_irb", "cell_free", "irb", "cell_free",
+                                                    "cell_free", "cell_free"]
+    assert table.predict(_arch(other)) == pytest.approx(sum(entries[k] for _, k, _, _ in parts))
+
+
+def test_free_parts_are_not_blocks_of_a_net():
+    obj = json.loads(dumps(_arch()))
+    obj["blocks"].append({"type": "cell_free", "in_chs": 24, "out_chs": 24, "op": "max_pool_3x3"})
+    with pytest.raises(ArchError, match=r"^blocks\[1\]\.type: expected one of"):
+        from_dict(obj)
+
+
+def test_a_table_built_for_a_space_holds_measured_free_parts(tiny_space, tiny_lut):
+    from prunet.arch.cell import table_parts
+    from prunet.latency.features import FEATURES
+    from prunet.latency.lut import LatencyTable, block_key, load_table
+    from prunet.search.space import load_space
+
+    t, space = load_table(tiny_lut), load_space(tiny_space)
+    free = {block_key(spec, hw): spec for spec, _, hw in table_parts(space)}
+    ops = {(s.op, s.out_chs) for s in free.values()}
+    assert {("max_pool_3x3", 16), ("avg_pool_3x3", 16), ("skip", 16), ("sum", 16), ("max_pool_3x3", 24)} <= ops
+    assert all(t.entries[k] > 0 and t.lookup(k) == t.entries[k] for k in free), "measured, uncorrected"
+    assert all(t.features[k] == dict.fromkeys(FEATURES, 0.0) for k in free)
+    # measured, not made up: the node sums of an 8-node cell (15 adds) cost more than one add
+    assert t.entries["cell_free:sum:16:n8@8x8"] > t.entries["cell_free:sum:16:n1@8x8"]
+    # a table from before the free parts were timed is refused with the entry it lacks
+    old = LatencyTable(t.space_name, t.space_hash, t.backend, t.statistic, t.threads,
+                       {k: v for k, v in t.entries.items() if k not in free})
+    from prunet.latency.lut import LutError
+
+    with pytest.raises(LutError, match=r"layer 0, the cell's node sums: no entry 'cell_free:sum:16:n3@8x8'"):
+        _strategy(tiny_space, old, 1e9)
+
+
+def test_a_cell_of_only_pools_is_priced_like_it_runs(tiny_space, tiny_lut):
+    from prunet.latency.lut import Measurer, block_key
+    from prunet.search.strategies.prdarts import _cell_spec, _genotype
+
+    s = _strategy(tiny_space, tiny_lut, 1e9)
+    cell = s.net.cells[0]  # 16 > 16 at stride 1: every edge offers pooling
+    with torch.no_grad():
+        for mixed in cell.edges.values():
+            mixed.alpha.fill_(-30.0)
+            mixed.alpha[mixed.names.index("max_pool_3x3")] = 30.0
+    pools = _cell_spec(cell, _genotype(cell))
+    assert {e.op for _, e in pools.edges()} == {"max_pool_3x3"}
+    t = s.ctx.table
+    parts = latency_parts(pools, (8, 8))
+    assert len(parts) == 7 and all(spec.type == "cell_free" for _, spec, _ in parts)
+    cell_ms = sum(t.lookup(block_key(spec, hw)) for _, spec, hw in parts)
+    # the search's differentiable cost of this cell is the derived cell's table price
+    assert float(cell.expected_cost().detach()) == pytest.approx(cell_ms, rel=1e-4)
+    measured = Measurer(backend="torch", threads=1, iters=30, warmup=3).part(pools, 16, (8, 8))
+    assert 0.5 < cell_ms / measured < 2.0, (cell_ms, measured)
 
 
 # ----------------------------------------------------------------------------- the strategy
@@ -115,7 +170,8 @@ def _strategy(space_path, lut_path, target: float, **cfg):
     from prunet.search.strategies.prdarts import PRDartsConfig, PRDartsStrategy
     from prunet.search.strategy import StrategyContext
 
-    ctx = StrategyContext(space=load_space(space_path), table=load_table(lut_path), target_ms=target, seed=0,
+    table = lut_path if hasattr(lut_path, "entries") else load_table(lut_path)  # a path or a table
+    ctx = StrategyContext(space=load_space(space_path), table=table, target_ms=target, seed=0,
                           loop=LoopConfig(), device=torch.device("cpu"))
     s = PRDartsStrategy(ctx, PRDartsConfig(**cfg))
     torch.manual_seed(0)

@@ -129,18 +129,77 @@ def latency_key(s: CellSpec) -> str:
 
 
 def latency_parts(s: CellSpec, in_hw: tuple[int, int]) -> list[tuple[str, Any, tuple[int, int]]]:
-    """The timed sub-blocks of a cell: its conv edges, each at the resolution it reads.
+    """The timed parts of a cell: every edge (conv edges as zoo blocks, pooling and skip as
+    :class:`CellFreeSpec`), each at the resolution it reads, then the node sums (``sum``).
 
-    Used to price a cell the table has no whole entry for. Pooling, skip and the node sums are
-    not in it: they are elementwise/memory-bound and were not timed (docs/search.md, PR-DARTS).
+    Used to price a cell the table has no whole entry for. The free parts are timed too: at the
+    small resolutions cells run at, a 3×3 pool costs as much as a narrow conv block, and a search
+    that priced them at zero pushed its edges to pooling (docs/search.md, PR-DARTS).
     """
     out_hw = s.out_hw(in_hw)
-    parts = []
+    parts: list[tuple[str, Any, tuple[int, int]]] = []
     for path, e in s.edges():
+        hw = in_hw if e.input == 0 else out_hw
         block = s.edge_block(e)
-        if block is not None:
-            parts.append((path, block, in_hw if e.input == 0 else out_hw))
+        if block is None:
+            cin, stride = s.edge_shape(e)
+            block = CellFreeSpec(cin, s.out_chs, e.op, stride)
+        parts.append((path, block, hw))
+    parts.append(("sum", node_sum(s.out_chs, len(s.nodes)), out_hw))
     return parts
+
+
+@dataclass(frozen=True)
+class CellFreeSpec:
+    """A parameter-free part of a cell, as the latency table times it (``type: "cell_free"``).
+
+    ``op``: a pooling/skip edge (``FREE_OPS``; ``in_chs == out_chs``) at its ``stride``, or
+    ``"sum"``: the ``2·nodes − 1`` elementwise adds of a cell with ``nodes`` nodes (one per node,
+    the rest summing the nodes into the output), timed together so the table carries one
+    measurement overhead per cell rather than one per add. A part of a cell only, never a block
+    of a network (the registry marks the type ``part_only``).
+    """
+
+    in_chs: int
+    out_chs: int
+    op: str
+    stride: int = 1
+    nodes: int = 0
+    type: Literal["cell_free"] = "cell_free"
+
+    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return conv_out_hw(hw, 3, self.stride)
+
+    @property
+    def adds(self) -> int:
+        return 2 * self.nodes - 1 if self.op == "sum" else 0
+
+
+def node_sum(chs: int, nodes: int) -> CellFreeSpec:
+    """The node-sum part of a cell with ``nodes`` nodes of ``chs`` channels."""
+    return CellFreeSpec(chs, chs, "sum", 1, nodes)
+
+
+def free_latency_key(s: CellFreeSpec) -> str:
+    return f"{s.op}:{s.out_chs}:n{s.nodes}" if s.op == "sum" else f"{s.op}:{s.out_chs}:s{s.stride}"
+
+
+def table_parts(space: Any) -> Iterator[tuple[CellFreeSpec, int, tuple[int, int]]]:
+    """The free parts a cell of ``space`` can contain, per layer slot: pooling (and skip at
+    stride 1) on every edge whose shape keeps the channel count, and the node sums of cells of
+    1 to ``MAX_NODES`` nodes at the slot's output. Conv edges are the space's own blocks
+    already (a cell edge from a node reads ``out_chs`` at stride 1, which the slot's repeated
+    blocks have; where none does, the search offers no conv op there)."""
+    for slot in space.layers():
+        out_hw = conv_out_hw(slot.in_hw, 3, slot.stride)
+        for cin, stride, hw in ((slot.in_chs, slot.stride, slot.in_hw), (slot.out_chs, 1, out_hw)):
+            if cin != slot.out_chs:
+                continue
+            for op in FREE_OPS:
+                if op != "skip" or stride == 1:
+                    yield CellFreeSpec(cin, cin, op, stride), cin, hw
+        for n in range(1, MAX_NODES + 1):
+            yield node_sum(slot.out_chs, n), slot.out_chs, out_hw
 
 
 def read_nodes(value: Any, path: str) -> tuple[tuple[CellEdge, CellEdge], ...]:

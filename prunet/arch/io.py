@@ -216,7 +216,7 @@ def _read_conv(r: JsonReader) -> ConvSpec:
 
 def _read_block(obj: Any, path: str) -> BlockSpec:
     r = JsonReader(obj, path)
-    kind = r.str("type", choices=tuple(block_types()))
+    kind = r.str("type", choices=tuple(n for n, t in block_types().items() if not t.part_only))
     return _read_spec(r, block_type(kind).spec)
 
 

@@ -42,6 +42,10 @@ class BlockType:
     whole block (a table can still time each distinct composite block whole).
     ``table_parts``: for types a search derives without them being space candidates (``rep``), the
     ``(spec, in_chs, in_hw)`` a space implies for them, so the space's latency table holds them too.
+    ``part_only``: a timed part of a composite block (a cell's pooling, skip and node sums), never
+    a block of a network: the arch reader refuses it as a block, and a table's fitted model leaves
+    its entries uncorrected (zero features): the model is fitted on whole nets sampled from the
+    space, which never contain such a part, so any correction of it would be extrapolation.
     """
 
     name: str
@@ -53,6 +57,7 @@ class BlockType:
     short_name: str = ""
     latency_parts: Callable[[Any, tuple[int, int]], list[tuple[str, Any, tuple[int, int]]]] | None = None
     table_parts: Callable[[Any], Iterable[tuple[Any, int, tuple[int, int]]]] | None = None
+    part_only: bool = False
 
     @property
     def width_searchable(self) -> bool:
@@ -108,7 +113,12 @@ register_block(BlockType(
 ))
 register_block(BlockType(
     name="cell", spec=_cell.CellSpec, module="prunet.nn.cell:Cell", latency_key=_cell.latency_key,
-    latency_parts=_cell.latency_parts,
+    latency_parts=_cell.latency_parts, table_parts=_cell.table_parts,
+))
+# A cell's parameter-free parts, timed so a cell the table has no whole entry for is priced fully.
+register_block(BlockType(
+    name="cell_free", spec=_cell.CellFreeSpec, module="prunet.nn.cell:FreePart",
+    latency_key=_cell.free_latency_key, part_only=True,
 ))
 # Keyed by what inference runs (the fused 3x3 conv + act), not by the training-time branches.
 register_block(BlockType(

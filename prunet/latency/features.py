@@ -37,9 +37,11 @@ def part_features(spec: Any, in_chs: int, hw: tuple[int, int]) -> dict[str, floa
     ``act_kb``: input + output + widest internal (hidden) activation, float32 — the tensors that
     leave the cache between blocks of a whole net. ``param_kb``: the module's parameters, float32
     (BN folding in onnxruntime shrinks them, by a similar share for every block)."""
-    from prunet.arch import HeadSpec
+    from prunet.arch import HeadSpec, block_type
     from prunet.nn import ClassifierHead, build_block
 
+    if not isinstance(spec, HeadSpec) and block_type(spec).part_only:
+        return dict.fromkeys(FEATURES, 0.0)  # no whole net the model is fitted on has one (registry)
     module = ClassifierHead(spec) if isinstance(spec, HeadSpec) else build_block(spec)
     params = sum(p.numel() for p in module.parameters())
     if isinstance(spec, HeadSpec):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prunet.arch import conv_padding
-from prunet.arch.cell import CellEdge, CellSpec
+from prunet.arch.cell import CellEdge, CellFreeSpec, CellSpec
 from prunet.nn.blocks import build_block
 
 
@@ -54,6 +54,28 @@ class Cell(nn.Module):
         states = [x]
         for i, (a, b) in enumerate(self.inputs):
             states.append(self.edges[f"{i}_0"](states[a]) + self.edges[f"{i}_1"](states[b]))
+        out = states[1]
+        for s in states[2:]:
+            out = out + s
+        return out
+
+
+class FreePart(nn.Module):
+    """A cell's parameter-free part as the latency table times it (:class:`CellFreeSpec`): one
+    pooling/skip edge, or the node sums (each node adds two tensors, the output adds the nodes:
+    ``2·nodes − 1`` adds of ``out_chs`` tensors, computed in the order :class:`Cell` does)."""
+
+    def __init__(self, spec: CellFreeSpec, drop_path_rate: float = 0.0, **dd: Any):
+        super().__init__()
+        self.spec = spec
+        self.op = None if spec.op == "sum" else free_op(spec.op, spec.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op is not None:
+            return self.op(x)
+        states = [x]
+        for _ in range(self.spec.nodes):
+            states.append(states[-1] + x)
         out = states[1]
         for s in states[2:]:
             out = out + s

@@ -20,7 +20,9 @@ A step (the loop's bi-level first-order schedule): weights on a train-split batc
 then architecture (``α``, ``β``, the per-cell keep/skip logits ``γ`` of skippable slots, and
 the mask logits ``θ``) on a val-split batch (Adam) with ``CE + λ·max(0, E[lat]/T′ − 1) +
 μ·mean σ(θ)``; ``E[lat]`` is the table's calibrated prediction of the expected cell net, each
-conv op at its soft width ``Σ σ(θ)`` (table entries interpolated along the space's width grid).
+conv op at its soft width ``Σ σ(θ)`` (table entries interpolated along the space's width grid),
+each pooling/skip op and each cell's node sums at their own measured entries
+(:class:`prunet.arch.cell.CellFreeSpec`) — the same parts the derived net is predicted by.
 
 Derivation (deterministic, from the all-reduced parameters and the table only): per node the
 two edges with the largest ``β``, per edge the argmax op, per conv edge the channels with
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunet.arch import ArchSpec, block_type, conv_out_hw
-from prunet.arch.cell import CellEdge, CellSpec, conv_op_name
+from prunet.arch.cell import CellEdge, CellFreeSpec, CellSpec, conv_op_name, node_sum
 from prunet.latency.lut import block_key
 from prunet.search.config import SearchError
 from prunet.search.space import Candidate, LayerSlot, SearchSpace
@@ -133,13 +135,20 @@ class PrunedOp(nn.Module):
 
 
 class MixedEdge(nn.Module):
-    """Softmax(α)-weighted sum of the ops admissible on one edge."""
+    """Softmax(α)-weighted sum of the ops admissible on one edge; ``free_ms``: the table's term
+    of each parameter-free op (pooling, skip) on this edge."""
 
-    def __init__(self, ops: dict[str, nn.Module]):
+    def __init__(self, ops: dict[str, nn.Module], free_ms: dict[str, float]):
         super().__init__()
         self.names = list(ops)
         self.ops = nn.ModuleDict(ops)
+        self.free_ms = dict(free_ms)
         self.alpha = nn.Parameter(torch.zeros(len(ops)))
+
+    def cheapest(self) -> tuple[float, str, int]:
+        """``(table ms, op, width)`` of the cheapest op here (conv ops at their narrowest)."""
+        return min(((op.lut[0], n, op.widths[0]) if isinstance(op, PrunedOp) else (self.free_ms[n], n, 0)
+                    for n, op in self.ops.items()), key=lambda c: c[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = F.softmax(self.alpha, dim=-1)
@@ -147,7 +156,7 @@ class MixedEdge(nn.Module):
 
     def expected_cost(self) -> torch.Tensor:
         w = F.softmax(self.alpha, dim=-1)
-        costs = [self.ops[n].expected_cost() if isinstance(self.ops[n], PrunedOp) else w.new_zeros(())
+        costs = [self.ops[n].expected_cost() if isinstance(self.ops[n], PrunedOp) else w.new_tensor(self.free_ms[n])
                  for n in self.names]
         return sum(w[i] * c for i, c in enumerate(costs))
 
@@ -162,12 +171,17 @@ class MixedCell(nn.Module):
         self.edges = nn.ModuleDict()
         for i, ins in enumerate(self.inputs):
             for k, j in enumerate(ins):
-                self.edges[f"{i}_{k}"] = MixedEdge(self._ops(j, space, table, cfg))
+                self.edges[f"{i}_{k}"] = MixedEdge(*self._ops(j, space, table, cfg))
+        # the node sums every derived cell of this slot pays (2·nodes − 1 adds at the output)
+        out_hw = conv_out_hw(slot.in_hw, 3, slot.stride)
+        self.sum_ms = table.lookup(block_key(node_sum(slot.out_chs, cfg.nodes), out_hw),
+                                   f"space {space.name!r}, layer {slot.index}, the cell's node sums")
         self.beta = nn.ParameterList([nn.Parameter(torch.zeros(len(ins))) for ins in self.inputs])
         # keep/skip logits (γ) only where the space lets the layer go
         self.gamma = nn.Parameter(torch.zeros(2)) if slot.skippable else None
 
-    def _ops(self, j: int, space: SearchSpace, table: Any, cfg: PRDartsConfig) -> dict[str, nn.Module]:
+    def _ops(self, j: int, space: SearchSpace, table: Any,
+             cfg: PRDartsConfig) -> tuple[dict[str, nn.Module], dict[str, float]]:
         s = self.slot
         cin, stride, hw = (s.in_chs, s.stride, s.in_hw) if j == 0 else (s.out_chs, 1, conv_out_hw(s.in_hw, 3, s.stride))
         edge_slot = LayerSlot(-1, s.stage, cin, s.out_chs, stride, hw, s.candidates, False)
@@ -179,16 +193,18 @@ class MixedCell(nn.Module):
             keys = [block_key(edge_slot.block_spec(cand, w), hw) for w in edge_slot.hidden_widths(cand, space.width_step)]
             if all(k in table.entries for k in keys):  # only what the table can price
                 ops[name] = PrunedOp(edge_slot, cand, space.width_step, table, cfg.mask_init)
+        free_ms: dict[str, float] = {}
         if cin == s.out_chs:  # pooling and skip keep the channel count
-            ops["max_pool_3x3"] = free_op("max_pool_3x3", stride)
-            ops["avg_pool_3x3"] = free_op("avg_pool_3x3", stride)
-            if stride == 1:
-                ops["skip"] = free_op("skip", 1)
+            for name in ("max_pool_3x3", "avg_pool_3x3", "skip"):
+                key = block_key(CellFreeSpec(cin, cin, name, stride), hw)
+                if (name != "skip" or stride == 1) and key in table.entries:  # priced like the conv ops
+                    ops[name] = free_op(name, stride)
+                    free_ms[name] = table.lookup(key)
         if not ops:
             raise SearchError(f"space {space.name!r}, layer {s.index}: no op fits a cell edge from "
                               f"{'the cell input' if j == 0 else 'a node'} (no table entries for a conv op "
                               f"{cin}>{s.out_chs} stride {stride} at {hw[0]}x{hw[1]}, and no pooling fits)")
-        return ops
+        return ops, free_ms
 
     def node_weights(self, i: int) -> torch.Tensor:
         return 2.0 * F.softmax(self.beta[i], dim=-1)
@@ -209,7 +225,7 @@ class MixedCell(nn.Module):
 
     def expected_cost(self) -> torch.Tensor:
         total = sum((self.node_weights(i)[k] * self.edges[f"{i}_{k}"].expected_cost()
-                     for i, ins in enumerate(self.inputs) for k in range(len(ins))), torch.zeros(()))
+                     for i, ins in enumerate(self.inputs) for k in range(len(ins))), torch.tensor(self.sum_ms))
         p = self.keep_prob()
         return total if p is None else p * total
 
@@ -372,9 +388,7 @@ class PRDartsStrategy(Strategy):
         for i, ins in enumerate(cell.inputs):
             costed = []
             for k, j in enumerate(ins):
-                mixed = cell.edges[f"{i}_{k}"]
-                best = min(((op.lut[0], n, op.widths[0]) if isinstance(op, PrunedOp) else (0.0, n, 0)
-                            for n, op in mixed.ops.items()), key=lambda c: c[0])
+                best = cell.edges[f"{i}_{k}"].cheapest()
                 costed.append((best[0], k, _Edge(i, k, j, best[1], best[2])))
             two = sorted(sorted(costed, key=lambda c: (c[0], c[1]))[:2], key=lambda c: c[1])
             nodes.append([c[2] for c in two])
@@ -453,8 +467,7 @@ class PRDartsStrategy(Strategy):
                     if not isinstance(op, PrunedOp):
                         continue
                     mixed = self.net.cells[li].edges[f"{e.node}_{e.k}"]
-                    cheap = min(((o.lut[0], n, o.widths[0]) if isinstance(o, PrunedOp) else (0.0, n, 0)
-                                 for n, o in mixed.ops.items()), key=lambda c: c[0])
+                    cheap = mixed.cheapest()
                     gain = op.lut[op.widths.index(e.width)] - cheap[0]
                     if gain > 0 and (best is None or gain > best[0]):
                         best = (gain, li, e, cheap[1], cheap[2])
