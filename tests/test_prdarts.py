@@ -247,6 +247,19 @@ def test_derivation_fits_a_low_target_by_the_table(tiny_space, tiny_lut):
     assert d.model.eval()(x).shape == (2, 10)
 
 
+def test_derivation_reaches_the_checked_floor_by_swapping_ops_and_edges(tiny_space, tiny_lut):
+    s = _strategy(tiny_space, tiny_lut, 1e9)
+    t = s.ctx.table
+    floor = t.predict(s._arch(s.net, [s._cheapest_cell(c) for c in s.net.cells if c.gamma is None]))
+    s = _strategy(tiny_space, tiny_lut, floor * (1 + 1e-9))
+    s.check_target()  # accepted: exactly the floor
+    d = s.derive()
+    assert t.predict(d.spec) <= floor * (1 + 1e-9)
+    swaps = [e for e in d.events if e["event"] == "swap_edge"]
+    assert swaps and any(e["to_edge"] != e["edge"] for e in swaps), d.events  # edges re-chosen, not only ops
+    assert d.model.eval()(torch.randn(1, 1, 16, 16)).shape == (1, 10)
+
+
 def test_a_target_below_the_cheapest_cell_net_is_refused(tiny_space, tiny_lut):
     from prunet.search.config import SearchError
 

@@ -425,10 +425,11 @@ class PRDartsStrategy(Strategy):
                     del kept[li]
                     events.append({"event": "skip_cell", "cell": li})
                 else:
-                    li, e, op, w = self._costliest_swap(kept)
+                    li, e, k, op, w = self._costliest_swap(kept)
                     events.append({"event": "swap_edge", "cell": li, "node": e.node, "edge": e.k, "from": e.op,
-                                   "to": op})
-                    e.op, e.width = op, w
+                                   "to_edge": k, "to": op})
+                    e.k, e.input, e.op, e.width = k, net.cells[li].inputs[e.node][k], op, w
+                    kept[li][e.node].sort(key=lambda x: x.k)
             pred = table.predict(spec())
         final = spec()
         return Derived(spec=final, model=self._export(final, kept), events=events,
@@ -457,20 +458,30 @@ class PRDartsStrategy(Strategy):
                         best = (score, li, e, lower)
         return None if best is None else best[1:]  # type: ignore[return-value]
 
-    def _costliest_swap(self, kept: dict[int, list[list[_Edge]]]) -> tuple[int, _Edge, str, int]:
-        """The conv edge with the largest cost, and the cheapest op its mixed edge offers."""
-        best: tuple[float, int, _Edge, str, int] | None = None
+    def _edge_ms(self, li: int, e: _Edge) -> float:
+        """The table term of one derived edge as it stands (op and kept width)."""
+        op = self._op(li, e)
+        if isinstance(op, PrunedOp):
+            return op.lut[op.widths.index(e.width)]
+        return self.net.cells[li].edges[f"{e.node}_{e.k}"].free_ms[e.op]
+
+    def _costliest_swap(self, kept: dict[int, list[list[_Edge]]]) -> tuple[int, _Edge, int, str, int]:
+        """The kept edge whose swap saves the most table latency, with its replacement: the
+        cheapest op of its own mixed edge or of an edge into the same node that is not kept.
+        Repeated, this reaches per node the two cheapest edges at their cheapest ops — the
+        floor :meth:`check_target` checked the target against — so a checked target always fits."""
+        best: tuple[float, int, _Edge, int, str, int] | None = None
         for li in sorted(kept):
+            cell = self.net.cells[li]
             for node in kept[li]:
+                used = {e.k for e in node}
                 for e in node:
-                    op = self._op(li, e)
-                    if not isinstance(op, PrunedOp):
-                        continue
-                    mixed = self.net.cells[li].edges[f"{e.node}_{e.k}"]
-                    cheap = mixed.cheapest()
-                    gain = op.lut[op.widths.index(e.width)] - cheap[0]
+                    ks = [e.k] + [k for k in range(len(cell.inputs[e.node])) if k not in used]
+                    (ms, op, w), k = min(((cell.edges[f"{e.node}_{k}"].cheapest(), k) for k in ks),
+                                         key=lambda c: (c[0][0], c[1]))
+                    gain = self._edge_ms(li, e) - ms
                     if gain > 0 and (best is None or gain > best[0]):
-                        best = (gain, li, e, cheap[1], cheap[2])
+                        best = (gain, li, e, k, op, w)
         if best is None:  # check_target refused targets below the cheapest net, so this is a bug
             raise SearchError("prdarts: cannot fit the target (no cheaper op left)")
         return best[1:]  # type: ignore[return-value]
