@@ -239,6 +239,10 @@ class LatencyTable:
             "reference": self.reference, "provenance": self.provenance,
             "entries": dict(sorted(self.entries.items())),
         }
+        if not (self.features or self.weights or self.calib_net_ids):
+            # nothing of /2 to store (a table made by hand): the /1 document, whose id this is
+            doc["format"] = FORMATS_READ[0]
+            doc["calibration"] = {"a": self.a, "c": self.c, **self.calibration}
         if self.features:
             doc["features"] = {"names": list(FEATURES),
                                "values": {k: [v[f] for f in FEATURES] for k, v in sorted(self.features.items())}}
