@@ -422,7 +422,7 @@ class Measurer:
             return measure(str(path), input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
                            threads=self.threads, headline=self.statistic, device=self.device).value
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # our own mkdtemp folder for the exported ONNX, never a user path
 
     def pair(self, module: Any, input_shape: tuple[int, ...]) -> tuple[float, float]:
         """Two independent measurements of one module (two sessions/runners), interleaved round
@@ -453,7 +453,7 @@ class Measurer:
             return res["A"].value, res["B"].value
         finally:
             if tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)  # our own mkdtemp folder for the exported ONNX, never a user path
 
     def whole_pair(self, arch: ArchSpec) -> tuple[float, float]:
         from prunet.nn import PruNet
