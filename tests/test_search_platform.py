@@ -93,7 +93,11 @@ def test_strategies_listed_one_line_each():
     r = run([PY, "-m", "prunet.cli", "search", "strategies"])
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["prunet", "random"]
+    from prunet.search.strategy import strategies
+
+    # One line per registered strategy, in the registry's (sorted) order; the built-ins are all there.
+    assert [ln.split()[0] for ln in lines] == sorted(strategies())
+    assert {"prunet", "random", "repnas", "growefficient", "prdarts"} <= set(strategies())
     assert all(len(ln.split(None, 1)[1]) > 20 for ln in lines)
 
 
