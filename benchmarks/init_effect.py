@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from prunet.arch import atomic_write_text
-from prunet.pipeline import PipelineConfig, _train, baseline_path
+from prunet.pipeline import PipelineConfig, baseline_path, train_net
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = ["irb_uniform_w050", "irb_uniform_w075", "irb_uniform_w100", "gpunet_like_s", "gpunet_like_m"]
@@ -116,7 +116,7 @@ def main() -> None:
             name = arch.stem
             for init in INITS:
                 with weight_init(init):
-                    r = _train(arch, proxy_recipe(seed), work / init / f"{name}_seed{seed}", args.quiet, seed)
+                    r = train_net(arch, proxy_recipe(seed), work / init / f"{name}_seed{seed}", args.quiet, seed)
                 runs.setdefault(name, {}).setdefault(init, {})[seed] = r["top1"]
                 print(f"{name} seed {seed} init {init}: top-1 {r['top1']:.2f} ({r['wall_s']:.0f} s)", flush=True)
                 write(summarise(runs, args.seeds), meta)

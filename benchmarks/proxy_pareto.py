@@ -1,47 +1,69 @@
-"""Searched vs hand-designed networks on Fashion-MNIST at three latency targets, plus the ablation
-Prunode only / + block pruning / + layer pruning at the middle target — every network trained by
-one recipe and all timed together in one interleaved onnxruntime run.
+"""Searched vs hand-designed vs random networks on Fashion-MNIST at three latency targets (v2).
 
-Writes benchmarks/results/proxy_pareto.{json,md,png} (via prunet.pipeline). Targets default to the
-measured latencies of the three uniform-width baselines, so each searched net has a hand-designed
-one at the same measured latency. Rerunning reuses finished searches/trainings in --work.
+At every target: PruNet searched with several search seeds, `random`-strategy controls predicted
+at the same latency, and the hand baselines, every net trained by one recipe with several training
+seeds and all timed together in one interleaved onnxruntime run; plus ablations at the middle
+target (the other latency loss, the other execution mode, pruning tiers off) and, optionally, the
+inherited-weight accuracy of one search at several step counts.
+
+Writes benchmarks/results/proxy_pareto.{json,md,png} (via prunet.pipeline; paths in them are
+relative to --work). Targets default to the measured latencies of the three uniform-width
+baselines. Rerunning reuses finished searches/trainings in --work (``benchmarks/strategies.py``
+shares the folder and adds the other strategies).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
-from prunet.pipeline import SHORT_SEARCH, PipelineConfig, run
+from prunet.pipeline import PipelineConfig, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = ["irb_uniform_w050", "irb_uniform_w075", "irb_uniform_w100", "gpunet_like_s", "gpunet_like_m"]
+UNIFORM = BASELINES[:3]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The settings this benchmark and benchmarks/strategies.py share (one recipe for both)."""
     p.add_argument("--work", default="runs/proxy_pareto", help="run folders (reused when rerun)")
     p.add_argument("--targets-ms", type=float, nargs="*", default=None,
                    help="latency targets (default: measured latency of the three uniform baselines)")
-    p.add_argument("--search-steps", type=int, default=50)
+    p.add_argument("--baselines", nargs="*", default=BASELINES)
+    p.add_argument("--mode", choices=("sampled", "mixture"), default="sampled",
+                   help="PruNet's supernet execution: one candidate per layer per step, or all of them")
+    p.add_argument("--latency-loss", choices=("hinge", "multiplicative"), default="hinge")
+    p.add_argument("--search-steps", type=int, default=200)
+    p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--random-nets", type=int, default=3, help="`random` controls per target")
+    p.add_argument("--random-steps", type=int, default=None,
+                   help="steps that train a control's inherited weights (default: --search-steps)")
     p.add_argument("--train-steps", type=int, default=150)
-    p.add_argument("--seed", type=int, default=0, help="search seed (and first training seed)")
-    p.add_argument("--train-seeds", type=int, nargs="*", default=None,
-                   help="train every net once per seed and report mean ± SD (default: just --seed; each extra "
-                        "seed adds ~15 min on 2 CPU cores)")
-    p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
-                   help="also search with Prunode only and Prunode + block pruning at the middle target")
+    p.add_argument("--train-seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=2,
+                   help="searches/trainings side by side, one torch thread each (timing is always alone)")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args()
 
+
+def pipeline_config(args: argparse.Namespace, strategies: list[str], ablations: list[str],
+                    ablation_all_seeds: bool = False) -> PipelineConfig:
+    search = dict(warmup_steps=max(args.search_steps // 4, 1), batch_size=16, train_limit=6000, eval_images=500,
+                  checkpoint_every=50, mode=args.mode, latency_loss=args.latency_loss,
+                  prune_waits_for_budget=False)
+    if args.search_steps < 100:  # a few dozen steps: logits must move faster, decisions come sooner
+        from prunet.pipeline import SHORT_SEARCH
+
+        search.update(SHORT_SEARCH)
     cfg = PipelineConfig(
-        targets_ms=args.targets_ms, baselines=BASELINES, seed=args.seed, train_seeds=args.train_seeds,
-        search_steps=args.search_steps,
-        search_overrides=dict(warmup_steps=max(args.search_steps // 4, 1), batch_size=16, train_limit=6000,
-                              eval_images=500, checkpoint_every=20, **SHORT_SEARCH),
+        targets_ms=args.targets_ms, baselines=list(args.baselines), seed=args.search_seeds[0],
+        train_seeds=args.train_seeds, search_seeds=args.search_seeds, search_steps=args.search_steps,
+        search_overrides=search, strategies=strategies, random_nets=args.random_nets, random_steps=args.random_steps,
         train_steps=args.train_steps, train_batch=64, train_limit=20000, eval_limit=5000,
-        ablations=["prunode_only", "prunode_block"] if args.ablation else [],
+        ablations=ablations, ablation_all_seeds=ablation_all_seeds, workers=args.workers,
     )
     if not cfg.targets_ms:
         from prunet.arch import load
@@ -49,14 +71,65 @@ def main() -> None:
         from prunet.pipeline import baseline_path
 
         m = Measurer(backend="onnxruntime", threads=cfg.latency_threads)
-        cfg.targets_ms = [round(m.whole(load(baseline_path(b))), 4) for b in BASELINES[:3]]
-    work = Path(args.work)
-    run(cfg, work, quiet=args.quiet)
+        cfg.targets_ms = [round(m.whole(load(baseline_path(b))), 4) for b in UNIFORM]
+    return cfg
+
+
+def copy_results(work: Path, stem: str) -> None:
     RESULTS.mkdir(exist_ok=True)
-    for src, dst in (("results.json", "proxy_pareto.json"), ("results.md", "proxy_pareto.md"),
-                     ("pareto.png", "proxy_pareto.png")):
-        shutil.copyfile(work / src, RESULTS / dst)
-    print((RESULTS / "proxy_pareto.md").read_text())
+    for src, suffix in (("results.json", "json"), ("results.md", "md"), ("pareto.png", "png")):
+        tmp = RESULTS / f".{stem}.{suffix}.tmp"
+        shutil.copyfile(work / src, tmp)
+        tmp.replace(RESULTS / f"{stem}.{suffix}")
+
+
+def steps_sweep(cfg: PipelineConfig, work: Path, steps: list[int], quiet: bool) -> list[dict[str, Any]]:
+    """Inherited-weight accuracy of the first seed's search at the middle target vs its length:
+    is the supernet trained by the time the search ends?"""
+    from dataclasses import replace
+
+    target = sorted(cfg.targets_ms)[len(cfg.targets_ms) // 2]
+    rows = []
+    for n in steps:
+        overrides = {**cfg.search_overrides, "warmup_steps": max(n // 4, 1)}
+        sub = replace(cfg, targets_ms=[target], search_steps=n, search_overrides=overrides, search_seeds=None,
+                      random_nets=0, ablations=[], strategies=["prunet"], baselines=[])
+        res = run(sub, work / f"steps_{n}", quiet=quiet, train=False)
+        (net,) = res["nets"].values()
+        rows.append({"steps": n, "target_ms": target, "inherited_top1": net["inherited_top1"],
+                     "search_wall_s": net["search_wall_s"], "predicted_ms": net["predicted_ms"]})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    p.add_argument("--ablations", nargs="*", default=["multiplicative", "mixture", "prunode_only"],
+                   help="PruNet variants searched at the middle target (see prunet.pipeline.ABLATIONS)")
+    p.add_argument("--ablation-all-seeds", action="store_true", help="ablations with every search seed")
+    p.add_argument("--steps-sweep", type=int, nargs="*", default=[],
+                   help="also search the middle target (first seed, no training) at these step counts and "
+                        "report inherited-weight accuracy vs steps")
+    p.add_argument("--out", default="proxy_pareto", help="results file stem in benchmarks/results/")
+    args = p.parse_args()
+
+    t0 = time.time()
+    cfg = pipeline_config(args, ["prunet"], args.ablations, args.ablation_all_seeds)
+    work = Path(args.work)
+    results = run(cfg, work, quiet=args.quiet)
+    if args.steps_sweep:
+        results["steps_sweep"] = steps_sweep(cfg, work / "sweep", args.steps_sweep, args.quiet)
+        results["wall_s"] = round(time.time() - t0, 1)
+        from prunet.arch import atomic_write_text
+
+        atomic_write_text(work / "results.json", json.dumps(results, indent=1) + "\n")
+        lines = ["", "Inherited-weight accuracy vs search steps (middle target, first seed):", "",
+                 "| steps | inherited top-1 (%) | predicted (ms) | search wall (s) |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['steps']} | {r['inherited_top1']} | {r['predicted_ms']:.3f} | {r['search_wall_s']} |"
+                  for r in results["steps_sweep"]]
+        atomic_write_text(work / "results.md", (work / "results.md").read_text() + "\n".join(lines) + "\n")
+    copy_results(work, args.out)
+    print((RESULTS / f"{args.out}.md").read_text())
 
 
 if __name__ == "__main__":

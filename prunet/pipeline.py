@@ -44,6 +44,13 @@ class PipelineConfig:
     measure_cold_iters: int = 100  # also: rounds of one run per net (caches hold the other nets' weights)
     seed: int = 0
     train_seeds: list[int] | None = None  # train every net once per seed (None: [seed]); top-1 is their mean
+    search_seeds: list[int] | None = None  # search every target once per seed (None: [seed])
+    strategies: list[str] = field(default_factory=lambda: ["prunet"])  # searched at every target and seed
+    strategy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy: its own fields
+    random_nets: int = 0  # `random`-strategy controls per target (draw seeds 0 … n-1), trained like the rest
+    random_steps: int | None = None  # steps that train a control's inherited weights (None: search_steps)
+    ablation_all_seeds: bool = False  # ablation variants once per search seed (False: the first only)
+    workers: int = 1  # searches/trainings run side by side in this many processes (1 torch thread each if > 1)
 
 
 # Searches of a few dozen steps: the logits must move faster and decisions come sooner than in
@@ -63,8 +70,71 @@ ABLATIONS = {
     # PruNet's pruning tiers switched off explicitly: 2 = block pruning, 3 = layer pruning.
     "prunode_only": {"prune_blocks": False, "prune_layers": False},
     "prunode_block": {"prune_layers": False},
+    # The other latency loss and the other execution mode, for the hinge-vs-FBNet and mode comparisons.
+    "multiplicative": {"latency_loss": "multiplicative"},
+    "hinge": {"latency_loss": "hinge"},
+    "mixture": {"mode": "mixture"},
+    "sampled": {"mode": "sampled"},
     "full": {},
 }
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """One search of the comparison: which strategy, where, with which seed and settings."""
+
+    label: str
+    kind: str            # "searched" or "random"
+    strategy: str
+    target_ms: float
+    search_seed: int
+    ablation: str
+    settings: dict[str, Any]  # flat LoopConfig + strategy fields
+
+    @property
+    def folder(self) -> str:
+        return _slug(self.label)
+
+
+def search_jobs(cfg: PipelineConfig, targets: list[float], ablation_at: float) -> list[SearchJob]:
+    """Every search the config asks for, labelled so a results file reads without the config:
+    ``searched@0.87ms`` (PruNet, first seed), ``#s1`` for other search seeds, ``[variant]`` for
+    ablations, ``repnas@0.87ms`` for other strategies and ``random@0.87ms#2`` for controls."""
+    seeds = cfg.search_seeds or [cfg.seed]
+    base = {"steps": cfg.search_steps, **cfg.search_overrides}
+    loop_only = {k: v for k, v in base.items() if k in _loop_fields()}
+    jobs: list[SearchJob] = []
+    for target in targets:
+        for strategy in cfg.strategies:
+            settings = base if strategy == "prunet" else {**loop_only, **cfg.strategy_overrides.get(strategy, {})}
+            if strategy == "prunet":
+                settings = {**settings, **cfg.strategy_overrides.get("prunet", {})}
+            variants = ["full"]
+            if strategy == "prunet" and target == ablation_at:
+                variants += list(cfg.ablations)
+            for i, seed in enumerate(seeds):
+                for variant in variants:
+                    if variant != "full" and i > 0 and not cfg.ablation_all_seeds:
+                        continue
+                    name = "searched" if strategy == "prunet" else strategy
+                    label = (f"{name}@{target:g}ms" + ("" if variant == "full" else f"[{variant}]")
+                             + ("" if seed == seeds[0] else f"#s{seed}"))
+                    jobs.append(SearchJob(label, "searched", strategy, float(target), seed, variant,
+                                          {**settings, **ABLATIONS[variant]}))
+        steps = cfg.random_steps if cfg.random_steps is not None else cfg.search_steps
+        for i in range(cfg.random_nets):
+            settings = {**loop_only, "steps": steps, "warmup_steps": 0, **cfg.strategy_overrides.get("random", {})}
+            jobs.append(SearchJob(f"random@{target:g}ms#{i}", "random", "random", float(target), i, "full", settings))
+    labels = [j.label for j in jobs]
+    if len(set(labels)) != len(labels):
+        raise ValueError("strategies: a strategy is listed twice")
+    return jobs
+
+
+def _loop_fields() -> set[str]:
+    from prunet.search.config import LOOP_FIELDS
+
+    return set(LOOP_FIELDS)
 
 
 def baseline_path(name: str) -> Path:
@@ -75,14 +145,17 @@ def baseline_path(name: str) -> Path:
     return Path(str(resources.files("prunet.zoo_data").joinpath("proxy", f"{name}.json")))
 
 
-def _train(arch_path: Path, cfg: PipelineConfig, out: Path, quiet: bool, seed: int) -> dict[str, Any]:
+def train_net(arch_path: Path, cfg: PipelineConfig, out: Path, quiet: bool, seed: int) -> dict[str, Any]:
+    """Train one net by the comparison's recipe into ``out``; a finished run with the same
+    settings is reused, one with other settings refused, an interrupted one resumed."""
     from prunet.train import TrainConfig, train
 
     tc = TrainConfig(model=str(arch_path), data=cfg.data, steps=cfg.train_steps, batch_size=cfg.train_batch,
                      train_limit=cfg.train_limit, eval_limit=cfg.eval_limit, seed=seed,
                      warmup_steps=min(50, cfg.train_steps // 10), checkpoint_every=max(cfg.train_steps, 1))
     if (out / "summary.json").is_file():  # finished earlier: reuse (the demo can be rerun cheaply)
-        if json.loads((out / "train_config.json").read_text()) != tc.to_json():
+        recorded = json.loads((out / "train_config.json").read_text())
+        if {**recorded, "model": ""} != {**tc.to_json(), "model": ""} or Path(recorded["model"]).name != arch_path.name:
             raise ValueError(f"{out}: holds a training with other settings than this run asks for; "
                              "remove it or choose another output folder")
         done = json.loads((out / "summary.json").read_text())
@@ -97,31 +170,21 @@ def _export(arch_path: Path, weights: Path, onnx_path: Path) -> dict[str, Any]:
 
     model = load_checkpoint(create_model(str(arch_path)), weights).eval()
     report = to_onnx(model, onnx_path, batch=1, exporter="torchscript", images=False, check_tensorrt=False)
-    return {"onnx": str(onnx_path), "max_rel_err": report.max_rel}
+    return {"onnx": onnx_path, "max_rel_err": report.max_rel}
 
 
-def _search(spec: Any, run_dir: Path, quiet: bool) -> dict[str, Any]:
-    """One search in a fresh process, so its wall time and peak memory are its own (``ru_maxrss``
-    of a process that ran earlier searches or trainings would report theirs); a finished run is
-    reused, an interrupted one resumed."""
-    import multiprocessing
-
+def _check_search_folder(spec: Any, run_dir: Path) -> None:
     asked = json.loads(json.dumps(spec.to_dict()))
     if (run_dir / "run.json").is_file() and json.loads((run_dir / "run.json").read_text()) != asked:
         raise ValueError(f"{run_dir}: holds a search with other settings than this run asks for; "
                          "remove it or choose another output folder")
-    if not (run_dir / "summary.json").is_file():
-        ctx = multiprocessing.get_context("spawn")
-        proc = ctx.Process(target=_search_child, args=(spec.to_dict(), str(run_dir), quiet))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0:
-            raise RuntimeError(f"search for {run_dir.name} failed (exit code {proc.exitcode}); "
-                               f"its log is {run_dir / 'log.jsonl'}")
-    return json.loads((run_dir / "summary.json").read_text())
 
 
-def _search_child(spec: dict[str, Any], run_dir: str, quiet: bool) -> None:
+def _search_child(spec: dict[str, Any], run_dir: str, quiet: bool, threads: int) -> None:
+    """One search in a fresh process, so its wall time and peak memory are its own (``ru_maxrss``
+    of a process that ran earlier searches or trainings would report theirs); an interrupted run
+    is resumed."""
+    _limit_threads(threads)
     from prunet.search import RunSpec
     from prunet.search.loop import resume_search, run_search
 
@@ -131,8 +194,48 @@ def _search_child(spec: dict[str, Any], run_dir: str, quiet: bool) -> None:
         run_search(RunSpec.from_dict(spec), run_dir, quiet=quiet)
 
 
-def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, Any]:
-    """Run the whole comparison; writes results.json, results.md and pareto.png into ``out``."""
+def _train_child(arch: str, cfg: PipelineConfig, out: str, seed: int, threads: int) -> dict[str, Any]:
+    _limit_threads(threads)
+    return train_net(Path(arch), cfg, Path(out), quiet=True, seed=seed)
+
+
+def _limit_threads(threads: int) -> None:
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _in_processes(tasks: list[tuple[Any, tuple[Any, ...]]], workers: int, desc: str, quiet: bool) -> list[Any]:
+    """Run ``fn(*args)`` for each task, each in its own fresh (spawned) process, ``workers`` at a
+    time; results in task order. A failure names its task."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if not tasks:
+        return []
+    results: list[Any] = [None] * len(tasks)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(tasks)}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=quiet):
+            results[futures[fut]] = fut.result()
+    return results
+
+
+def relative(path: str | Path, out: Path) -> str:
+    """Paths in results files are relative to the output folder, so a results file copied into
+    the repo carries no machine's absolute paths."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return p.as_posix() if not p.is_absolute() else p.name
+
+
+def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool = True) -> dict[str, Any]:
+    """Run the whole comparison; writes results.json, results.md and pareto.png into ``out``
+    (``train=False``: only the searches, for a steps sweep; returns their summaries)."""
     from prunet.latency import Candidate, measure_interleaved
     from prunet.latency.lut import Measurer
     from prunet.search import LoopConfig, RunSpec, load_space
@@ -149,7 +252,7 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
         spec = load(path)
         if tuple(spec.input_size) != tuple(space.input_size):
             raise ValueError(f"baseline {name}: input {spec.input_size} differs from space {space.input_size}")
-        nets[name] = {"kind": "baseline", "arch": str(path)}
+        nets[Path(name).stem] = {"kind": "baseline", "arch": path, "baseline": _baseline_name(name)}
 
     measurer = Measurer(backend="onnxruntime", threads=cfg.latency_threads)
     targets = cfg.targets_ms
@@ -163,29 +266,43 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
     unknown = sorted(set(cfg.ablations) - set(ABLATIONS))
     if unknown:
         raise ValueError(f"ablations: unknown variant {unknown[0]!r} (known: {sorted(ABLATIONS)})")
-    for target in targets:
-        variants = ["full"] + (list(cfg.ablations) if target == ablation_at else [])
-        for variant in variants:
-            label = f"searched@{target:g}ms" + ("" if variant == "full" else f"[{variant}]")
-            run_dir = out / "search" / _slug(label)
-            loop, strategy = split_settings({"steps": cfg.search_steps, **cfg.search_overrides, **ABLATIONS[variant]})
-            spec = RunSpec(space=cfg.space, data=cfg.data, target_ms=float(target), seed=cfg.seed, lut=str(lut),
-                           latency_threads=cfg.latency_threads, loop=dataclass_from_dict(LoopConfig, loop, "search"),
-                           strategy_config=strategy)
-            summary = _search(spec, run_dir, quiet)
-            nets[label] = {"kind": "searched", "arch": str(run_dir / "arch.json"), "target_ms": target,
-                           "ablation": variant, "predicted_ms": summary.get("predicted_ms"),
+    jobs = search_jobs(cfg, list(targets), ablation_at)
+    threads = 1 if cfg.workers > 1 else 0
+    pending = []
+    for job in jobs:
+        loop, strategy = split_settings(job.settings)
+        if threads:
+            loop.setdefault("threads", threads)
+        spec = RunSpec(space=cfg.space, data=cfg.data, target_ms=job.target_ms, seed=job.search_seed, lut=str(lut),
+                       strategy=job.strategy, latency_threads=cfg.latency_threads,
+                       loop=dataclass_from_dict(LoopConfig, loop, "search"), strategy_config=strategy)
+        run_dir = out / "search" / job.folder
+        _check_search_folder(spec, run_dir)
+        if not (run_dir / "summary.json").is_file():
+            pending.append((_search_child, (spec.to_dict(), str(run_dir), quiet or cfg.workers > 1, threads)))
+    _in_processes(pending, cfg.workers, "search", quiet)
+    for job in jobs:
+        run_dir = out / "search" / job.folder
+        summary = json.loads((run_dir / "summary.json").read_text())
+        nets[job.label] = {"kind": job.kind, "strategy": job.strategy, "arch": run_dir / "arch.json",
+                           "target_ms": job.target_ms, "search_seed": job.search_seed, "ablation": job.ablation,
+                           "predicted_ms": summary.get("predicted_ms"), "search_steps": summary.get("steps"),
                            "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb"),
                            "search_activation_mb": summary.get("activation_mb"),
-                           **depth_fields(summary, len(space.layers()))}
+                           "inherited_top1": _percent(summary.get("val_accuracy_inherited")),
+                           **(depth_fields(summary, len(space.layers())) if job.strategy == "prunet" else {})}
+    if not train:
+        return {"targets_ms": targets, "nets": {k: _relative_net(n, out) for k, n in nets.items()}}
 
     seeds = cfg.train_seeds or [cfg.seed]
-    jobs = [(label, seed) for seed in seeds for label in nets]  # seed by seed: a cut-short run has whole seeds
+    train_jobs = [(label, seed) for seed in seeds for label in nets]  # seed by seed: a cut-short run has whole seeds
+    dirs = {(label, seed): out / "train" / (_slug(label) + ("" if seed == cfg.seed else f"_seed{seed}"))
+            for label, seed in train_jobs}
+    done = _in_processes([(_train_child, (str(nets[label]["arch"]), cfg, str(dirs[label, seed]), seed, threads))
+                          for label, seed in train_jobs], cfg.workers, "train", quiet)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in nets}
-    for label, seed in tqdm(jobs, desc="train", disable=quiet):
-        run_dir = out / "train" / (_slug(label) + ("" if seed == cfg.seed else f"_seed{seed}"))
-        runs[label].append({"seed": seed, "dir": str(run_dir),
-                            **_train(Path(nets[label]["arch"]), cfg, run_dir, quiet=True, seed=seed)})
+    for (label, seed), result in zip(train_jobs, done):
+        runs[label].append({"seed": seed, "dir": dirs[label, seed], **result})
     for label, net in nets.items():
         top1 = [r["top1"] for r in runs[label]]
         sd = statistics.stdev(top1) if len(top1) > 1 else None
@@ -195,7 +312,7 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
         net["params_m"] = _params(Path(net["arch"])) / 1e6
 
     shape = (1, *space.input_size)
-    cands = [Candidate(label, net["export"]["onnx"], shape) for label, net in nets.items()]
+    cands = [Candidate(label, str(net["export"]["onnx"]), shape) for label, net in nets.items()]
     stats = measure_interleaved(cands, iters=cfg.measure_iters, burst=cfg.measure_burst,
                                 threads=cfg.latency_threads, progress=not quiet)
     cold = measure_interleaved(cands, iters=cfg.measure_cold_iters, threads=cfg.latency_threads, progress=not quiet)
@@ -204,18 +321,86 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False) -> dict[str, 
         net["measured_statistic"] = stats[label].headline
         net["measured_cold_ms"] = cold[label].value
     results = {
-        "config": asdict(cfg), "targets_ms": targets, "nets": nets, "wall_s": round(time.time() - t_start, 1),
+        "config": asdict(cfg), "targets_ms": targets, "nets": {k: _relative_net(n, out) for k, n in nets.items()},
+        "wall_s": round(time.time() - t_start, 1),
         "provenance": {"backend": "onnxruntime", "threads": cfg.latency_threads,
                        "statistic": next(iter(stats.values())).headline,
                        "iters": cfg.measure_iters * cfg.measure_burst, "rounds": cfg.measure_iters,
                        "burst": cfg.measure_burst, "cold_iters": cfg.measure_cold_iters,
                        "device": next(iter(stats.values())).device, "versions": next(iter(stats.values())).versions,
-                       "date": next(iter(stats.values())).date},
+                       "date": next(iter(stats.values())).date, "paths": "relative to the output folder"},
     }
+    results["goals"] = target_goals(results)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write_text(out / "results.md", results_markdown(results))
     plot_pareto(results, out / "pareto.png")
     return results
+
+
+def _baseline_name(name: str) -> str:
+    """How a results file names a baseline: its zoo name (see :func:`baseline_path`), or the
+    file's name when it came from elsewhere (no machine's absolute path)."""
+    p = Path(name)
+    return p.name if p.suffix == ".json" and p.is_absolute() else name
+
+
+def _percent(acc: float | None) -> float | None:
+    """The loop reports inherited accuracy as a share; results files use percent, like top-1."""
+    return None if acc is None else round(100.0 * acc, 2) if acc <= 1.0 else acc
+
+
+def _relative_net(net: dict[str, Any], out: Path) -> dict[str, Any]:
+    net = dict(net)
+    net["arch"] = net.pop("baseline") if "baseline" in net else relative(net["arch"], out)
+    if "export" in net:
+        net["export"] = {**net["export"], "onnx": relative(net["export"]["onnx"], out)}
+    if "train" in net:
+        runs = [{**r, "dir": relative(r["dir"], out)} for r in net["train"]["runs"]]
+        net["train"] = {**net["train"], "dir": runs[0]["dir"], "runs": runs}
+    return net
+
+
+# Slack of the goal checks (issue 14): baselines count as "within the budget" up to 5 % over
+# max(target, searched latency) — the targets are baselines' own latencies measured earlier, and
+# this run measures them again — and searched nets must measure within 3 % of their target.
+BUDGET_SLACK = 0.05
+LATENCY_SLACK = 0.03
+
+
+def target_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per target, the goal read plainly: PruNet's searched nets (every search and training seed,
+    no ablation) against each hand baseline inside the latency budget and the median `random`
+    control at that target, and whether the searched nets measured within target + 3 %."""
+    nets = results["nets"]
+    goals = []
+    for target in results["targets_ms"]:
+        searched = [n for n in nets.values() if n["kind"] == "searched" and n.get("strategy", "prunet") == "prunet"
+                    and n.get("ablation", "full") == "full" and n.get("target_ms") == target]
+        if not searched:
+            continue
+        top1 = [r["top1"] for n in searched for r in n["train"]["runs"]]
+        mean_top1 = statistics.fmean(top1)
+        mean_ms = statistics.fmean(n["measured_ms"] for n in searched)
+        budget = max(target, mean_ms) * (1 + BUDGET_SLACK)
+        rivals = {k: n["train"]["top1"] for k, n in nets.items() if n["kind"] == "baseline" and n["measured_ms"] <= budget}
+        randoms = [n["train"]["top1"] for n in nets.values() if n["kind"] == "random" and n.get("target_ms") == target]
+        random_median = statistics.median(randoms) if randoms else None
+        worst_ms = max(n["measured_ms"] for n in searched)
+        beats_baselines = all(mean_top1 > v for v in rivals.values())
+        beats_random = None if random_median is None else mean_top1 > random_median
+        within = worst_ms <= target * (1 + LATENCY_SLACK)
+        goals.append({
+            "target_ms": target, "searched_top1_mean": round(mean_top1, 3),
+            "searched_top1_sd": round(statistics.stdev(top1), 3) if len(top1) > 1 else None,
+            "searched_runs": len(top1), "searched_measured_ms_mean": round(mean_ms, 4),
+            "searched_measured_ms_max": round(worst_ms, 4), "budget_ms": round(budget, 4),
+            "baselines_in_budget": {k: round(v, 3) for k, v in sorted(rivals.items())},
+            "random_top1_median": None if random_median is None else round(random_median, 3),
+            "random_nets": len(randoms), "beats_baselines": beats_baselines, "beats_random": beats_random,
+            "latency_within_3pct": within,
+            "held": beats_baselines and beats_random is not False and within,
+        })
+    return goals
 
 
 def depth_fields(summary: dict[str, Any], space_layers: int) -> dict[str, int]:
@@ -246,20 +431,35 @@ def _params(arch_path: Path) -> int:
 
 def results_markdown(results: dict[str, Any]) -> str:
     prov = results["provenance"]
+    cfg = results["config"]
     lines = [f"onnxruntime CPU, batch 1, {prov['threads']} thread(s). *measured*: {prov['statistic']} of "
              f"{prov['rounds']} interleaved rounds × {prov['burst']} back-to-back runs per net (warm caches, as "
              f"the latency table and targets are measured); *cold*: {prov['statistic']} of {prov['cold_iters']} "
              f"rounds of one run per net (each run follows another net). Top-1 on Fashion-MNIST test images "
-             f"after the same training recipe ({results['config']['train_steps']} steps; mean ± sample SD over "
-             f"training seeds {results['config']['train_seeds'] or [results['config']['seed']]}); "
-             f"{prov['device']}, {prov['date']}.", "",
+             f"after the same training recipe ({cfg['train_steps']} steps; mean ± sample SD over "
+             f"training seeds {cfg['train_seeds'] or [cfg['seed']]}); *inherited*: the derived net with the "
+             f"search's own weights, on held-out training images, before that training; "
+             f"{prov['device']}, {prov['date']}; the whole run took {results['wall_s'] / 60:.0f} min.", "",
              "| " + " | ".join(ROW_COLUMNS) + " |", "|---|---|" + "---:|" * (len(ROW_COLUMNS) - 2)]
     lines += ["| " + " | ".join(row) + " |" for row in result_rows(results)]
+    if results.get("goals"):
+        lines += ["", "Goal per target (PruNet's searched nets, all search and training seeds): mean top-1 above every "
+                  f"hand baseline measured ≤ max(target, searched latency) + {BUDGET_SLACK:.0%} and above the median "
+                  f"`random` control, searched nets measured ≤ target + {LATENCY_SLACK:.0%}.", "",
+                  "| target (ms) | searched top-1 | searched ms (mean / max) | baselines in budget (top-1) | "
+                  "random median | latency | held |", "|---:|---:|---:|---|---:|---|---|"]
+        for g in results["goals"]:
+            sd = f" ± {g['searched_top1_sd']:.2f}" if g["searched_top1_sd"] is not None else ""
+            rivals = ", ".join(f"{k} {v:.2f}" for k, v in g["baselines_in_budget"].items()) or "none"
+            rnd = "" if g["random_top1_median"] is None else f"{g['random_top1_median']:.2f} (n={g['random_nets']})"
+            lines.append(f"| {g['target_ms']:g} | {g['searched_top1_mean']:.2f}{sd} (n={g['searched_runs']}) | "
+                         f"{g['searched_measured_ms_mean']:.3f} / {g['searched_measured_ms_max']:.3f} | {rivals} | "
+                         f"{rnd} | {'ok' if g['latency_within_3pct'] else 'over'} | {'yes' if g['held'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
 ROW_COLUMNS = ("network", "kind", "params (M)", "predicted (ms)", "measured (ms)", "cold (ms)", "top-1 (%)",
-               "depth (layers removed in search)", "search wall (s)", "search activations mean / last (MB)",
+               "inherited top-1 (%)", "depth (layers removed in search)", "search wall (s)", "search activations mean / last (MB)",
                "search peak RSS (MB)")
 
 
@@ -270,7 +470,8 @@ def result_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
         pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else ""
         rows.append((label, n["kind"], f"{n['params_m']:.2f}", pred, f"{n['measured_ms']:.3f}",
-                     f"{n['measured_cold_ms']:.3f}", _top1(n), _depth(n), str(n.get("search_wall_s") or ""),
+                     f"{n['measured_cold_ms']:.3f}", _top1(n),
+                     "" if n.get("inherited_top1") is None else f"{n['inherited_top1']:.1f}", _depth(n), str(n.get("search_wall_s") or ""),
                      _activations(n),
                      str(n.get("search_peak_rss_mb") or "")))
     return rows
@@ -300,17 +501,27 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     def group(n: dict[str, Any]) -> str:
-        return n["kind"] if n.get("ablation", "full") == "full" else "searched, ablation"
+        if n["kind"] != "searched":
+            return n["kind"]
+        if n.get("ablation", "full") != "full":
+            return "PruNet, ablation"
+        return "PruNet" if n.get("strategy", "prunet") == "prunet" else n["strategy"]
 
-    for kind, marker, color in (("baseline", "o", "tab:gray"), ("searched", "*", "tab:red"),
-                                ("searched, ablation", "x", "tab:blue")):
+    styles = {"baseline": ("o", "tab:gray"), "random": ("v", "tab:olive"), "PruNet": ("*", "tab:red"),
+              "PruNet, ablation": ("x", "tab:blue")}
+    others = ["tab:green", "tab:purple", "tab:orange", "tab:cyan", "tab:brown"]
+    groups = sorted({group(n) for n in results["nets"].values()}, key=lambda g: (g not in styles, g))
+    many = len(results["nets"]) > 14  # label points only when they stay readable
+    for kind in groups:
+        marker, color = styles.get(kind) or ("D", others[len([g for g in groups if g not in styles and g < kind])
+                                                           % len(others)])
         pts = [(n["measured_ms"], n["train"]["top1"], label, n["train"].get("top1_sd") or 0.0)
                for label, n in results["nets"].items() if group(n) == kind]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts], fmt="none",
-                        ecolor=color, elinewidth=0.8, capsize=3)
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=90, color=color, label=kind)
-            for x, y, label, _ in pts:
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts], fmt="none",
+                    ecolor=color, elinewidth=0.8, capsize=3)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=70, color=color, label=kind)
+        for x, y, label, _ in pts:
+            if not many or kind == "baseline":
                 ax.annotate(label, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
     for t in results["targets_ms"]:
         ax.axvline(t, color="tab:red", lw=0.6, ls="--")

@@ -32,7 +32,8 @@ def tiny_run(tiny_space, tmp_path_factory):  # noqa: F811
         search_steps=6, search_overrides=dict(warmup_steps=2, batch_size=16, train_limit=400, eval_images=50,
                                               threads=1, prunode_window=1, block_window=2, layer_window=2),
         ablations=["prunode_only"], train_seeds=[0, 1], train_steps=6, train_batch=16, train_limit=300, eval_limit=100,
-        measure_iters=4, measure_burst=3, measure_cold_iters=5)
+        measure_iters=4, measure_burst=3, measure_cold_iters=5, search_seeds=[0, 1], random_nets=1, random_steps=3,
+        strategy_overrides={"random": {"tolerance": 0.6}}, workers=2)
     out = tmp_path_factory.mktemp("pipeline")
     results = run(cfg, out, quiet=True)
     yield cfg, out, results, cache
@@ -47,7 +48,12 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
     (target,) = results["targets_ms"]
     assert target > 0
     nets = results["nets"]
-    assert set(nets) == {next(iter(cfg.baselines)), f"searched@{target:g}ms", f"searched@{target:g}ms[prunode_only]"}
+    assert set(nets) == {"b", f"searched@{target:g}ms", f"searched@{target:g}ms#s1",
+                         f"searched@{target:g}ms[prunode_only]", f"random@{target:g}ms#0"}
+    assert nets[f"searched@{target:g}ms#s1"]["search_seed"] == 1 and nets[f"random@{target:g}ms#0"]["kind"] == "random"
+    for n in nets.values():  # no machine's absolute paths in a results file
+        for path in (n["arch"], n["export"]["onnx"], *(r["dir"] for r in n["train"]["runs"])):
+            assert not Path(path).is_absolute(), path
     floor = min_reachable_ms(table, load_space(tiny_space))
     for label, n in nets.items():
         assert n["measured_ms"] > 0 and n["measured_cold_ms"] > 0, label
@@ -55,7 +61,10 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
         runs = n["train"]["runs"]
         assert [r["seed"] for r in runs] == [0, 1] and n["train"]["top1"] == pytest.approx(
             sum(r["top1"] for r in runs) / 2) and n["train"]["top1_sd"] is not None, label
-        assert Path(n["export"]["onnx"]).is_file()
+        assert (out / n["export"]["onnx"]).is_file()
+        assert (out / n["arch"]).is_file() if n["kind"] != "baseline" else n["arch"] == "b.json"
+        if n["kind"] != "baseline":
+            assert n["target_ms"] == target and 0 <= n["inherited_top1"] <= 100, label
         if n["kind"] == "searched":
             assert floor <= n["predicted_ms"] <= max(target, floor) + 1e-9, label
             assert n["search_peak_rss_mb"] > 0 and n["search_wall_s"] > 0
@@ -66,6 +75,9 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
     md = (out / "results.md").read_text()
     assert "prunode_only" in md and "measured (ms)" in md and "4 interleaved rounds × 3" in md
     assert results["provenance"]["iters"] == 12
+    (goal,) = results["goals"]
+    assert goal["searched_runs"] == 4 and goal["random_nets"] == 1  # two search seeds × two training seeds
+    assert "Goal per target" in md and "inherited top-1" in md
 
 
 def test_rerun_reuses_finished_runs_and_refuses_changed_settings(tiny_run):
@@ -74,7 +86,7 @@ def test_rerun_reuses_finished_runs_and_refuses_changed_settings(tiny_run):
     from prunet.pipeline import run
 
     cfg, out, results, _ = tiny_run
-    search_dir = next((out / "search").iterdir())
+    search_dir = out / "search" / f"searched_{results['targets_ms'][0]:g}ms"
     stamp = (search_dir / "summary.json").stat().st_mtime_ns
     again = run(replace(cfg, targets_ms=results["targets_ms"], ablations=[]), out, quiet=True)
     assert (search_dir / "summary.json").stat().st_mtime_ns == stamp
@@ -103,3 +115,54 @@ def test_searched_rows_report_layers_removed_and_depth():
     rows = dict((r[0], r) for r in result_rows({"nets": {"s": net, "b": base}}))
     col = ROW_COLUMNS.index("depth (layers removed in search)")
     assert rows["s"][col] == "7/11 (3)" and rows["b"][col] == ""
+
+
+def test_search_jobs_label_every_seed_strategy_control_and_ablation():
+    from prunet.pipeline import PipelineConfig, search_jobs
+
+    cfg = PipelineConfig(search_seeds=[0, 1, 2], strategies=["prunet", "repnas"], random_nets=2, random_steps=5,
+                         ablations=["multiplicative"], search_steps=40, search_overrides={"arch_lr": 0.1, "batch_size": 8},
+                         strategy_overrides={"repnas": {"branches": 3}})
+    jobs = {j.label: j for j in search_jobs(cfg, [0.5, 0.9], ablation_at=0.9)}
+    assert sorted(jobs) == sorted(
+        [f"searched@{t}ms{s}" for t in ("0.5", "0.9") for s in ("", "#s1", "#s2")]
+        + [f"repnas@{t}ms{s}" for t in ("0.5", "0.9") for s in ("", "#s1", "#s2")]
+        + [f"random@{t}ms#{i}" for t in ("0.5", "0.9") for i in (0, 1)] + ["searched@0.9ms[multiplicative]"])
+    assert jobs["searched@0.9ms#s2"].search_seed == 2 and jobs["searched@0.9ms#s2"].settings["arch_lr"] == 0.1
+    # Other strategies get the loop's fields, not PruNet's, plus their own overrides.
+    assert jobs["repnas@0.5ms"].settings == {"steps": 40, "batch_size": 8, "branches": 3}
+    assert jobs["random@0.5ms#1"].settings["steps"] == 5 and jobs["random@0.5ms#1"].search_seed == 1
+    assert jobs["searched@0.9ms[multiplicative]"].settings["latency_loss"] == "multiplicative"
+    all_seeds = search_jobs(PipelineConfig(search_seeds=[0, 1], ablations=["mixture"], ablation_all_seeds=True),
+                            [0.9], ablation_at=0.9)
+    assert {j.label for j in all_seeds} == {"searched@0.9ms", "searched@0.9ms#s1", "searched@0.9ms[mixture]",
+                                            "searched@0.9ms[mixture]#s1"}
+
+
+def _net(kind, top1s, ms, target=None, **kw):
+    runs = [{"seed": i, "top1": t} for i, t in enumerate(top1s)]
+    return {"kind": kind, "measured_ms": ms, "target_ms": target, "train": {"top1": sum(top1s) / len(top1s),
+                                                                            "runs": runs}, **kw}
+
+
+def test_target_goals_read_the_issue_rule():
+    """Baselines count when measured ≤ max(target, searched mean) + 5 %; the searched mean must beat
+    each of them and the random median; every searched net must measure ≤ target + 3 %."""
+    from prunet.pipeline import target_goals
+
+    nets = {"s0": _net("searched", [86, 87], 1.00, 1.0), "s1": _net("searched", [85, 86], 1.02, 1.0),
+            "abl": _net("searched", [99], 1.0, 1.0, ablation="prunode_only"),
+            "rep": _net("searched", [99], 1.0, 1.0, strategy="repnas"),
+            "near": _net("baseline", [85.5], 1.05), "far": _net("baseline", [95], 1.2),
+            "r0": _net("random", [80], 1.0, 1.0), "r1": _net("random", [90], 1.0, 1.0), "r2": _net("random", [84], 1.0, 1.0)}
+    (g,) = target_goals({"targets_ms": [1.0], "nets": nets})
+    assert g["searched_runs"] == 4 and g["searched_top1_mean"] == 86.0
+    assert g["baselines_in_budget"] == {"near": 85.5} and g["random_top1_median"] == 84
+    assert g["beats_baselines"] and g["beats_random"] and g["latency_within_3pct"] and g["held"]
+    nets["s1"]["measured_ms"] = 1.04  # one searched net 4 % over its target
+    (g,) = target_goals({"targets_ms": [1.0], "nets": nets})
+    assert not g["latency_within_3pct"] and not g["held"]
+    nets["s1"]["measured_ms"] = 1.02
+    nets["near"]["train"]["top1"] = 86.5
+    (g,) = target_goals({"targets_ms": [1.0], "nets": nets})
+    assert not g["beats_baselines"] and not g["held"]
