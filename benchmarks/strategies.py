@@ -53,7 +53,7 @@ def strategy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def rows_markdown(rows: list[dict[str, Any]]) -> str:
+def rows_markdown(rows: list[dict[str, Any]], failed: dict[str, str]) -> str:
     lines = ["", "Per strategy and target (searched nets and `random` controls; mean over nets and training seeds):",
              "", "| target (ms) | strategy | nets × seeds | top-1 (%) | measured (ms) | worst vs target | "
              "search wall (s) | saved activations (MB) | inherited top-1 (%) |",
@@ -65,6 +65,7 @@ def rows_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['target_ms']:g} | {r['strategy']} | {r['nets']} × {r['runs'] // max(r['nets'], 1)} | "
                      f"{r['top1_mean']:.2f}{sd} | {r['measured_ms_mean']:.3f} | "
                      f"{r['measured_over_target_max']:+.1%} | {r['search_wall_s_mean']:.0f} | {act} | {inh} |")
+    lines += [f"| {label} | failed: {why} | | | | | | | |" for label, why in sorted(failed.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -78,11 +79,12 @@ def main() -> None:
     args = p.parse_args()
 
     cfg = pipeline_config(args, list(args.strategies), ablations=[])
+    cfg.keep_going = True  # a method that cannot reach a target is a result, not a crash
     work = Path(args.work)
     results = run(cfg, work, quiet=args.quiet)
     results["strategies"] = strategy_rows(results)
     atomic_write_text(work / "results.json", json.dumps(results, indent=1) + "\n")
-    atomic_write_text(work / "results.md", (work / "results.md").read_text() + rows_markdown(results["strategies"]))
+    atomic_write_text(work / "results.md", (work / "results.md").read_text() + rows_markdown(results["strategies"], results["failed"]))
     copy_results(work, args.out)
     print((Path(__file__).resolve().parent / "results" / f"{args.out}.md").read_text())
 

@@ -51,6 +51,7 @@ class PipelineConfig:
     random_steps: int | None = None  # steps that train a control's inherited weights (None: search_steps)
     ablation_all_seeds: bool = False  # ablation variants once per search seed (False: the first only)
     workers: int = 1  # searches/trainings run side by side in this many processes (1 torch thread each if > 1)
+    keep_going: bool = False  # a failed search is reported in results["failed"] and left out, not fatal
 
 
 # Searches of a few dozen steps: the logits must move faster and decisions come sooner than in
@@ -206,9 +207,10 @@ def _limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _in_processes(tasks: list[tuple[Any, tuple[Any, ...]]], workers: int, desc: str, quiet: bool) -> list[Any]:
+def _in_processes(tasks: list[tuple[Any, tuple[Any, ...]]], workers: int, desc: str, quiet: bool,
+                  keep_going: bool = False) -> list[Any]:
     """Run ``fn(*args)`` for each task, each in its own fresh (spawned) process, ``workers`` at a
-    time; results in task order. A failure names its task."""
+    time; results in task order (``keep_going``: a task's exception is returned in its place)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -219,7 +221,12 @@ def _in_processes(tasks: list[tuple[Any, tuple[Any, ...]]], workers: int, desc: 
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, max_tasks_per_child=1) as pool:
         futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(tasks)}
         for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=quiet):
-            results[futures[fut]] = fut.result()
+            try:
+                results[futures[fut]] = fut.result()
+            except Exception as e:
+                if not keep_going:
+                    raise
+                results[futures[fut]] = e
     return results
 
 
@@ -268,7 +275,7 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
         raise ValueError(f"ablations: unknown variant {unknown[0]!r} (known: {sorted(ABLATIONS)})")
     jobs = search_jobs(cfg, list(targets), ablation_at)
     threads = 1 if cfg.workers > 1 else 0
-    pending = []
+    pending, pending_jobs = [], []
     for job in jobs:
         loop, strategy = split_settings(job.settings)
         if threads:
@@ -280,9 +287,14 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
         _check_search_folder(spec, run_dir)
         if not (run_dir / "summary.json").is_file():
             pending.append((_search_child, (spec.to_dict(), str(run_dir), quiet or cfg.workers > 1, threads)))
-    _in_processes(pending, cfg.workers, "search", quiet)
+            pending_jobs.append(job)
+    outcomes = _in_processes(pending, cfg.workers, "search", quiet, keep_going=cfg.keep_going)
+    failed = {job.label: f"{type(e).__name__}: {e}".splitlines()[0]
+              for job, e in zip(pending_jobs, outcomes) if isinstance(e, Exception)}
     for job in jobs:
         run_dir = out / "search" / job.folder
+        if job.label in failed:
+            continue
         summary = json.loads((run_dir / "summary.json").read_text())
         nets[job.label] = {"kind": job.kind, "strategy": job.strategy, "arch": run_dir / "arch.json",
                            "target_ms": job.target_ms, "search_seed": job.search_seed, "ablation": job.ablation,
@@ -322,7 +334,7 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
         net["measured_cold_ms"] = cold[label].value
     results = {
         "config": asdict(cfg), "targets_ms": targets, "nets": {k: _relative_net(n, out) for k, n in nets.items()},
-        "wall_s": round(time.time() - t_start, 1),
+        "wall_s": round(time.time() - t_start, 1), "failed": failed,
         "provenance": {"backend": "onnxruntime", "threads": cfg.latency_threads,
                        "statistic": next(iter(stats.values())).headline,
                        "iters": cfg.measure_iters * cfg.measure_burst, "rounds": cfg.measure_iters,
@@ -442,6 +454,8 @@ def results_markdown(results: dict[str, Any]) -> str:
              f"{prov['device']}, {prov['date']}; the whole run took {results['wall_s'] / 60:.0f} min.", "",
              "| " + " | ".join(ROW_COLUMNS) + " |", "|---|---|" + "---:|" * (len(ROW_COLUMNS) - 2)]
     lines += ["| " + " | ".join(row) + " |" for row in result_rows(results)]
+    for label, why in sorted(results.get("failed", {}).items()):
+        lines.append(f"| {label} | failed: {why} |" + " |" * (len(ROW_COLUMNS) - 2))
     if results.get("goals"):
         lines += ["", "Goal per target (PruNet's searched nets, all search and training seeds): mean top-1 above every "
                   f"hand baseline measured ≤ max(target, searched latency) + {BUDGET_SLACK:.0%} and above the median "

@@ -166,3 +166,13 @@ def test_target_goals_read_the_issue_rule():
     nets["near"]["train"]["top1"] = 86.5
     (g,) = target_goals({"targets_ms": [1.0], "nets": nets})
     assert not g["beats_baselines"] and not g["held"]
+
+
+def test_failed_search_is_reported_not_fatal_with_keep_going():
+    """benchmarks/strategies.py: a method that cannot reach a target is a result, not a crash."""
+    from prunet.pipeline import _in_processes
+
+    out = _in_processes([(int, ("x",)), (int, ("3",))], workers=2, desc="t", quiet=True, keep_going=True)
+    assert isinstance(out[0], ValueError) and out[1] == 3
+    with pytest.raises(ValueError, match="invalid literal"):
+        _in_processes([(int, ("x",))], workers=1, desc="t", quiet=True)
