@@ -76,6 +76,8 @@ ABLATIONS = {
     "hinge": {"latency_loss": "hinge"},
     "mixture": {"mode": "mixture"},
     "sampled": {"mode": "sampled"},
+    # Tiers 2 and 3 acting only while the expected latency is over the goal (the pre-issue-14 rule).
+    "prune_waits": {"prune_waits_for_budget": True},
     "full": {},
 }
 
