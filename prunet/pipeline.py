@@ -106,13 +106,13 @@ def search_jobs(cfg: PipelineConfig, targets: list[float], ablation_at: float) -
     ablations, ``repnas@0.87ms`` for other strategies and ``random@0.87ms#2`` for controls."""
     seeds = cfg.search_seeds or [cfg.seed]
     base = {"steps": cfg.search_steps, **cfg.search_overrides}
-    loop_only = {k: v for k, v in base.items() if k in _loop_fields()}
+    from prunet.search.config import split_settings
+
+    loop_only = split_settings(base)[0]  # what strategies other than PruNet accept of the shared settings
     jobs: list[SearchJob] = []
     for target in targets:
         for strategy in cfg.strategies:
-            settings = base if strategy == "prunet" else {**loop_only, **cfg.strategy_overrides.get(strategy, {})}
-            if strategy == "prunet":
-                settings = {**settings, **cfg.strategy_overrides.get("prunet", {})}
+            settings = {**(base if strategy == "prunet" else loop_only), **cfg.strategy_overrides.get(strategy, {})}
             variants = ["full"]
             if strategy == "prunet" and target == ablation_at:
                 variants += list(cfg.ablations)
@@ -133,12 +133,6 @@ def search_jobs(cfg: PipelineConfig, targets: list[float], ablation_at: float) -
     if len(set(labels)) != len(labels):
         raise ValueError("strategies: a strategy is listed twice")
     return jobs
-
-
-def _loop_fields() -> set[str]:
-    from prunet.search.config import LOOP_FIELDS
-
-    return set(LOOP_FIELDS)
 
 
 def baseline_path(name: str) -> Path:
