@@ -53,7 +53,7 @@ def pipeline_config(args: argparse.Namespace, strategies: list[str], ablations: 
                     ablation_all_seeds: bool = False) -> PipelineConfig:
     search = dict(warmup_steps=max(args.search_steps // 4, 1), batch_size=16, train_limit=6000, eval_images=500,
                   checkpoint_every=50, mode=args.mode, latency_loss=args.latency_loss,
-                  prune_waits_for_budget=False)
+                  prune_waits_for_budget=True)
     if args.search_steps < 100:  # a few dozen steps: logits must move faster, decisions come sooner
         from prunet.pipeline import SHORT_SEARCH
 
@@ -104,7 +104,7 @@ def steps_sweep(cfg: PipelineConfig, work: Path, steps: list[int], quiet: bool) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(p)
-    p.add_argument("--ablations", nargs="*", default=["multiplicative", "mixture", "prunode_only"],
+    p.add_argument("--ablations", nargs="*", default=["prune_acts", "multiplicative", "mixture", "prunode_only"],
                    help="PruNet variants searched at the middle target (see prunet.pipeline.ABLATIONS)")
     p.add_argument("--ablation-all-seeds", action="store_true", help="ablations with every search seed")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[],

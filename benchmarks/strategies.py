@@ -27,6 +27,13 @@ from prunet.pipeline import run  # noqa: E402
 
 STRATEGIES = ["prunet", "growefficient", "repnas", "prdarts"]
 
+# PR-DARTS runs every candidate op on every edge of every cell at every step (DARTS' mixture), so the
+# shared budget does not fit it here: at 3 nodes (7 mixed edges per cell), batch 16, one step saved
+# 9.3 GB of activations and took about a minute and a half. Its own budget (docs/search.md, PR-DARTS):
+# one node per cell (2 mixed edges), batch 8, 80 steps — about the others' search wall time, not their
+# step count. Its search wall time and saved activations are reported beside the others.
+PRDARTS_BUDGET = {"nodes": 1, "batch_size": 8, "steps": 80, "warmup_steps": 20}
+
 
 def strategy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per target and strategy (ablations left out): what each method bought at that latency."""
@@ -73,6 +80,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(p)
     p.add_argument("--strategies", nargs="*", default=STRATEGIES)
+    p.add_argument("--no-prdarts-budget", dest="prdarts_budget", action="store_false",
+                   help="search PR-DARTS with the shared settings instead of its own smaller budget")
     p.add_argument("--out", default="strategies", help="results file stem in benchmarks/results/")
     p.set_defaults(search_seeds=[0], baselines=["irb_uniform_w050", "irb_uniform_w075", "irb_uniform_w100",
                                                 "gpunet_like_s"])
@@ -80,6 +89,8 @@ def main() -> None:
 
     cfg = pipeline_config(args, list(args.strategies), ablations=[])
     cfg.keep_going = True  # a method that cannot reach a target is a result, not a crash
+    if args.prdarts_budget:
+        cfg.strategy_overrides = {"prdarts": dict(PRDARTS_BUDGET)}
     work = Path(args.work)
     results = run(cfg, work, quiet=args.quiet)
     results["strategies"] = strategy_rows(results)

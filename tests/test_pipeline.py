@@ -102,6 +102,28 @@ def test_rerun_reuses_finished_runs_and_refuses_changed_settings(tiny_run):
         run(replace(cfg, targets_ms=results["targets_ms"], ablations=["no_such"]), out, quiet=True)
 
 
+def test_finished_training_of_another_architecture_is_refused(tiny_run, tmp_path):
+    """A search rerun with other settings writes another net under the same folder and file name;
+    its old training must not be reused for it."""
+    from prunet.arch import load, to_dict
+    from prunet.pipeline import train_net
+
+    cfg, out, results, _ = tiny_run
+    target = results["targets_ms"][0]
+    trained = out / "train" / f"searched_{target:g}ms"
+    space = load_space(cfg.space)
+    other = next(a for a in (sample_arch(space, random.Random(k), "other") for k in range(100))
+                 if to_dict(a) != to_dict(load(trained / "arch.json")))
+    renamed = save(other, tmp_path / "arch.json")
+    with pytest.raises(ValueError, match="another architecture"):
+        train_net(renamed, cfg, trained, quiet=True, seed=cfg.seed)
+    same = tmp_path / "same" / "arch.json"
+    same.parent.mkdir()
+    same.write_text((trained / "arch.json").read_text())
+    assert train_net(same, cfg, trained, quiet=True, seed=cfg.seed)["top1"] == json.loads(
+        (trained / "summary.json").read_text())["top1"]
+
+
 def test_searched_rows_report_layers_removed_and_depth():
     """Issue 14: the ablation shows whether layer pruning acted at each target."""
     from prunet.pipeline import ROW_COLUMNS, depth_fields, result_rows
