@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from prunet.arch import ArchError, ArchSpec, ConvSpec, HeadSpec, Provenance, from_dict, to_dict
+from prunet.arch import ArchError, ArchSpec, ConvSpec, HeadSpec, from_dict, to_dict
 from prunet.arch.rep import REP_BRANCHES, RepSpec, all_branches
 from test_search_fixtures import (TINY_ARGS, mid_target, needs_fashion, run, search_cmd,  # noqa: F401
                                   tiny_lut, tiny_space)
@@ -194,7 +193,7 @@ def _synthetic_table(space, missing_rep: bool = False):
 
 def _strategy(space, table, target: float, **cfg):
     from prunet.search.config import LoopConfig
-    from prunet.search.strategies.repnas import RepNASConfig, RepNASStrategy
+    from prunet.search.strategies.repnas import RepNASStrategy
     from prunet.search.strategy import StrategyContext
 
     ctx = StrategyContext(space=space, table=table, target_ms=target, seed=3, loop=LoopConfig(steps=4),

@@ -11,7 +11,6 @@ shortened schedule (16 steps): see README.md in tests/data/search_recorded/.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -155,7 +155,6 @@ def test_one_layer_per_step_without_budget_wait(tiny_space, tiny_lut):
 
 def test_multiplicative_loss_pulls_towards_cheaper_choices_under_the_goal(tiny_space, tiny_lut):
     table, space = load_table(tiny_lut), load_space(tiny_space)
-    x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
     li = None
     for kind in ("hinge", "multiplicative"):
         s = _strategy(space, table, 1e3, latency_loss=kind, latency_beta=0.6)
