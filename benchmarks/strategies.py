@@ -90,7 +90,7 @@ def main() -> None:
     cfg = pipeline_config(args, list(args.strategies), ablations=[])
     cfg.keep_going = True  # a method that cannot reach a target is a result, not a crash
     if args.prdarts_budget:
-        cfg.strategy_overrides = {"prdarts": dict(PRDARTS_BUDGET)}
+        cfg.strategy_overrides["prdarts"] = dict(PRDARTS_BUDGET)  # beside any other strategy's overrides
     work = Path(args.work)
     results = run(cfg, work, quiet=args.quiet)
     results["strategies"] = strategy_rows(results)
