@@ -106,7 +106,8 @@ def main() -> None:
     add_arguments(p)
     p.add_argument("--ablations", nargs="*", default=["prune_acts", "multiplicative", "mixture", "prunode_only"],
                    help="PruNet variants searched at the middle target (see prunet.pipeline.ABLATIONS)")
-    p.add_argument("--ablation-all-seeds", action="store_true", help="ablations with every search seed")
+    p.add_argument("--ablation-all-seeds", action="store_true",
+                   help="ablations with every search and training seed (default: the first of each)")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[],
                    help="also search the middle target (first seed, no training) at these step counts and "
                         "report inherited-weight accuracy vs steps")

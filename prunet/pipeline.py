@@ -49,7 +49,7 @@ class PipelineConfig:
     strategy_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy: its own fields
     random_nets: int = 0  # `random`-strategy controls per target (draw seeds 0 … n-1), trained like the rest
     random_steps: int | None = None  # steps that train a control's inherited weights (None: search_steps)
-    ablation_all_seeds: bool = False  # ablation variants once per search seed (False: the first only)
+    ablation_all_seeds: bool = False  # ablation variants per search and training seed (False: the first of each)
     workers: int = 1  # searches/trainings run side by side in this many processes (1 torch thread each if > 1)
     keep_going: bool = False  # a failed search is reported in results["failed"] and left out, not fatal
 
@@ -100,6 +100,15 @@ class SearchJob:
     @property
     def folder(self) -> str:
         return _slug(self.label)
+
+
+def training_jobs(cfg: PipelineConfig, nets: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    """(label, training seed) pairs, seed by seed so that a cut-short run has whole seeds. Ablations
+    are diagnostics read against one training of the full search: once per seed they would cost a
+    third of the benchmark again, so they get the first seed unless ``ablation_all_seeds``."""
+    seeds = cfg.train_seeds or [cfg.seed]
+    return [(label, seed) for i, seed in enumerate(seeds) for label in nets
+            if i == 0 or cfg.ablation_all_seeds or nets[label].get("ablation", "full") == "full"]
 
 
 def search_jobs(cfg: PipelineConfig, targets: list[float], ablation_at: float) -> list[SearchJob]:
@@ -316,8 +325,7 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
     if not train:
         return {"targets_ms": targets, "nets": {k: _relative_net(n, out) for k, n in nets.items()}}
 
-    seeds = cfg.train_seeds or [cfg.seed]
-    train_jobs = [(label, seed) for seed in seeds for label in nets]  # seed by seed: a cut-short run has whole seeds
+    train_jobs = training_jobs(cfg, nets)
     dirs = {(label, seed): out / "train" / (_slug(label) + ("" if seed == cfg.seed else f"_seed{seed}"))
             for label, seed in train_jobs}
     done = _in_processes([(_train_child, (str(nets[label]["arch"]), cfg, str(dirs[label, seed]), seed, threads))

@@ -161,6 +161,18 @@ def test_search_jobs_label_every_seed_strategy_control_and_ablation():
                                             "searched@0.9ms[mixture]#s1"}
 
 
+def test_ablations_train_with_the_first_seed_unless_asked_for_all():
+    from prunet.pipeline import PipelineConfig, training_jobs
+
+    nets = {"searched@0.9ms": {"ablation": "full"}, "searched@0.9ms[mixture]": {"ablation": "mixture"},
+            "irb_uniform_w050": {}}
+    jobs = training_jobs(PipelineConfig(train_seeds=[3, 4]), nets)
+    assert jobs == [("searched@0.9ms", 3), ("searched@0.9ms[mixture]", 3), ("irb_uniform_w050", 3),
+                    ("searched@0.9ms", 4), ("irb_uniform_w050", 4)]
+    every = training_jobs(PipelineConfig(train_seeds=[3, 4], ablation_all_seeds=True), nets)
+    assert ("searched@0.9ms[mixture]", 4) in every and len(every) == 6
+
+
 def _net(kind, top1s, ms, target=None, **kw):
     runs = [{"seed": i, "top1": t} for i, t in enumerate(top1s)]
     return {"kind": kind, "measured_ms": ms, "target_ms": target, "train": {"top1": sum(top1s) / len(top1s),
