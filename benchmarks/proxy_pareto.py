@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -83,22 +82,39 @@ def copy_results(work: Path, stem: str) -> None:
         tmp.replace(RESULTS / f"{stem}.{suffix}")
 
 
-def steps_sweep(cfg: PipelineConfig, work: Path, steps: list[int], quiet: bool) -> list[dict[str, Any]]:
-    """Inherited-weight accuracy of the first seed's search at the middle target vs its length:
-    is the supernet trained by the time the search ends?"""
+def steps_sweep(cfg: PipelineConfig, work: Path, steps: list[int], target: float,
+                quiet: bool) -> list[dict[str, Any]]:
+    """Inherited-weight accuracy of the first seed's search at one target vs its length: is the
+    supernet trained by the time the search ends? (Searches only; nothing is trained or timed.)"""
     from dataclasses import replace
 
-    target = sorted(cfg.targets_ms)[len(cfg.targets_ms) // 2]
     rows = []
     for n in steps:
         overrides = {**cfg.search_overrides, "warmup_steps": max(n // 4, 1)}
         sub = replace(cfg, targets_ms=[target], search_steps=n, search_overrides=overrides, search_seeds=None,
                       random_nets=0, ablations=[], strategies=["prunet"], baselines=[])
-        res = run(sub, work / f"steps_{n}", quiet=quiet, train=False)
+        res = run(sub, work / f"steps_{n}_at_{target}ms", quiet=quiet, train=False)
         (net,) = res["nets"].values()
         rows.append({"steps": n, "target_ms": target, "inherited_top1": net["inherited_top1"],
-                     "search_wall_s": net["search_wall_s"], "predicted_ms": net["predicted_ms"]})
+                     "search_wall_s": net["search_wall_s"], "predicted_ms": net["predicted_ms"],
+                     "depth": net.get("depth"), "layers_removed": net.get("layers_removed")})
     return rows
+
+
+def write_sweep(rows: list[dict[str, Any]], cfg: PipelineConfig, stem: str) -> None:
+    from prunet.arch import atomic_write_text
+
+    RESULTS.mkdir(exist_ok=True)
+    doc = {"search_overrides": cfg.search_overrides, "seed": cfg.seed, "workers": cfg.workers, "rows": rows}
+    atomic_write_text(RESULTS / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
+    lines = [f"Inherited-weight accuracy vs search steps (first search seed {cfg.seed}, "
+             f"{cfg.search_overrides.get('mode')} mode, batch {cfg.search_overrides.get('batch_size')}, "
+             f"warm-up a quarter of the steps, {cfg.workers} searches side by side):", "",
+             "| target (ms) | steps | inherited top-1 (%) | predicted (ms) | search wall (s) |",
+             "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['target_ms']} | {r['steps']} | {r['inherited_top1']} | {r['predicted_ms']:.3f} | "
+              f"{r['search_wall_s']} |" for r in rows]
+    atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -109,28 +125,26 @@ def main() -> None:
     p.add_argument("--ablation-all-seeds", action="store_true",
                    help="ablations with every search and training seed (default: the first of each)")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[],
-                   help="also search the middle target (first seed, no training) at these step counts and "
-                        "report inherited-weight accuracy vs steps")
+                   help="also search one target (first seed, no training) at these step counts and report "
+                        "inherited-weight accuracy vs steps in RESULTS/{out}_steps.{json,md}")
+    p.add_argument("--sweep-target-ms", type=float, default=None,
+                   help="where the steps sweep searches (default: the middle target)")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="run only the steps sweep (the comparison is neither rerun nor re-timed)")
     p.add_argument("--out", default="proxy_pareto", help="results file stem in benchmarks/results/")
     args = p.parse_args()
 
-    t0 = time.time()
     cfg = pipeline_config(args, ["prunet"], args.ablations, args.ablation_all_seeds)
     work = Path(args.work)
-    results = run(cfg, work, quiet=args.quiet)
+    if not args.sweep_only:
+        run(cfg, work, quiet=args.quiet)
+        copy_results(work, args.out)
+        print((RESULTS / f"{args.out}.md").read_text())
     if args.steps_sweep:
-        results["steps_sweep"] = steps_sweep(cfg, work / "sweep", args.steps_sweep, args.quiet)
-        results["wall_s"] = round(time.time() - t0, 1)
-        from prunet.arch import atomic_write_text
-
-        atomic_write_text(work / "results.json", json.dumps(results, indent=1) + "\n")
-        lines = ["", "Inherited-weight accuracy vs search steps (middle target, first seed):", "",
-                 "| steps | inherited top-1 (%) | predicted (ms) | search wall (s) |", "|---:|---:|---:|---:|"]
-        lines += [f"| {r['steps']} | {r['inherited_top1']} | {r['predicted_ms']:.3f} | {r['search_wall_s']} |"
-                  for r in results["steps_sweep"]]
-        atomic_write_text(work / "results.md", (work / "results.md").read_text() + "\n".join(lines) + "\n")
-    copy_results(work, args.out)
-    print((RESULTS / f"{args.out}.md").read_text())
+        targets = sorted(cfg.targets_ms)
+        target = args.sweep_target_ms or targets[len(targets) // 2]
+        write_sweep(steps_sweep(cfg, work / "sweep", args.steps_sweep, target, args.quiet), cfg, f"{args.out}_steps")
+        print((RESULTS / f"{args.out}_steps.md").read_text())
 
 
 if __name__ == "__main__":
