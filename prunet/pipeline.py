@@ -511,10 +511,12 @@ def result_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     """One formatted row per net (columns :data:`ROW_COLUMNS`), fastest first: the results file
     and the demo's console table show the same cells."""
     rows = []
+    cfg = results.get("config") or {}
+    seeds = len(cfg.get("train_seeds") or [cfg.get("seed")])
     for label, n in sorted(results["nets"].items(), key=lambda kv: kv[1]["measured_ms"]):
         pred = f"{n['predicted_ms']:.3f}" if n.get("predicted_ms") else ""
         rows.append((label, n["kind"], f"{n['params_m']:.2f}", pred, f"{n['measured_ms']:.3f}",
-                     f"{n['measured_cold_ms']:.3f}", _top1(n),
+                     f"{n['measured_cold_ms']:.3f}", _top1(n, seeds),
                      "" if n.get("inherited_top1") is None else f"{n['inherited_top1']:.1f}", _depth(n), str(n.get("search_wall_s") or ""),
                      _activations(n),
                      str(n.get("search_peak_rss_mb") or "")))
@@ -532,9 +534,12 @@ def _activations(net: dict[str, Any]) -> str:
     return f"{act['mean']:.0f} / {act['last']:.0f}" if act else ""
 
 
-def _top1(net: dict[str, Any]) -> str:
+def _top1(net: dict[str, Any], seeds: int) -> str:
+    """Mean ± SD; a net trained with fewer seeds than the rest (an ablation) says how many."""
     sd = net["train"].get("top1_sd")
-    return f"{net['train']['top1']:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+    runs = len(net["train"].get("runs") or [None])
+    return (f"{net['train']['top1']:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+            + (f" ({runs} seed{'s' * (runs > 1)})" if runs < seeds else ""))
 
 
 def plot_pareto(results: dict[str, Any], path: Path) -> None:

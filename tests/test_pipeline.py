@@ -210,3 +210,13 @@ def test_failed_search_is_reported_not_fatal_with_keep_going():
     assert isinstance(out[0], ValueError) and out[1] == 3
     with pytest.raises(ValueError, match="invalid literal"):
         _in_processes([(int, ("x",))], workers=1, desc="t", quiet=True)
+
+
+def test_a_row_trained_with_fewer_seeds_says_so():
+    from prunet.pipeline import result_rows
+
+    full = _net("searched", [84.0, 85.0, 86.0], 2.0, 2.0, params_m=0.5, measured_cold_ms=2.2)
+    ablation = _net("searched", [84.5], 1.9, 2.0, params_m=0.4, measured_cold_ms=2.1, ablation="mixture")
+    full["train"]["top1_sd"] = 1.0
+    rows = result_rows({"config": {"train_seeds": [0, 1, 2]}, "nets": {"s": full, "s[mixture]": ablation}})
+    assert [r[6] for r in rows] == ["84.50 (1 seed)", "85.00 ± 1.00"]
