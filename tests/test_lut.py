@@ -76,6 +76,23 @@ def test_min_reachable_is_below_any_sampled_net(tiny_lut, tiny_space):
     assert all(t.predict(sample_arch(sp, rng)) >= lo - 1e-12 for _ in range(30))
 
 
+def test_min_reachable_looks_at_every_width_not_only_the_narrowest(tiny_lut, tiny_space):
+    """Measured entries of small blocks are not monotone in width; a floor built from the narrowest
+    widths alone sat above nets the search reached (and refused targets it could meet)."""
+    import random
+
+    from prunet.latency.lut import block_key, sample_arch
+
+    sp, t = load_space(tiny_space), load_table(tiny_lut)
+    for slot in sp.layers():
+        for cand in slot.candidates:
+            narrowest = slot.hidden_widths(cand, sp.width_step)[0]
+            t.entries[block_key(slot.block_spec(cand, narrowest), slot.in_hw)] *= 100
+    lo = min_reachable_ms(t, sp)
+    rng = random.Random(1)
+    assert all(t.predict(sample_arch(sp, rng)) >= lo - 1e-12 for _ in range(50))
+
+
 def test_build_and_validate_lut_commands_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
     space = tmp_path / "micro.json"

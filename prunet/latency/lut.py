@@ -759,13 +759,17 @@ def min_reachable_ms(table: LatencyTable, space: Any) -> float:
 
 
 def cheapest_arch(table: LatencyTable, space: Any) -> ArchSpec:
-    """The net of the space with the smallest table entries per layer, skippable layers skipped."""
+    """The net of the space with the smallest table entries per layer, skippable layers skipped.
+
+    Every width is looked at, not just the narrowest: measured entries of small blocks are not
+    monotone in width (a 16-wide block measured slower than a 32-wide one in a tiny table), and a
+    floor above a net the search can reach would refuse reachable targets."""
     choices = []
     for slot in space.layers():
         if slot.skippable:
             choices.append(None)
             continue
-        best = min(((c, slot.hidden_widths(c, space.width_step)[0]) for c in slot.candidates),
+        best = min(((c, w) for c in slot.candidates for w in slot.hidden_widths(c, space.width_step)),
                    key=lambda ch: table.lookup(block_key(slot.block_spec(*ch), slot.in_hw)))
         choices.append(best)
     return space.arch_from_choices(choices, "min")
