@@ -109,7 +109,7 @@ def write_sweep(rows: list[dict[str, Any]], cfg: PipelineConfig, stem: str) -> N
     atomic_write_text(RESULTS / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
     lines = [f"Inherited-weight accuracy vs search steps (first search seed {cfg.seed}, "
              f"{cfg.search_overrides.get('mode')} mode, batch {cfg.search_overrides.get('batch_size')}, "
-             f"warm-up a quarter of the steps, {cfg.workers} searches side by side):", "",
+             f"warm-up a quarter of the steps, one search at a time):", "",
              "| target (ms) | steps | inherited top-1 (%) | predicted (ms) | search wall (s) |",
              "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['target_ms']} | {r['steps']} | {r['inherited_top1']} | {r['predicted_ms']:.3f} | "
