@@ -133,6 +133,8 @@ def main() -> None:
                    help="run only the steps sweep (the comparison is neither rerun nor re-timed)")
     p.add_argument("--out", default="proxy_pareto", help="results file stem in benchmarks/results/")
     args = p.parse_args()
+    if args.sweep_only and not args.steps_sweep:
+        p.error("--sweep-only: give the step counts to sweep with --steps-sweep N [N ...]")
 
     cfg = pipeline_config(args, ["prunet"], args.ablations, args.ablation_all_seeds)
     work = Path(args.work)
