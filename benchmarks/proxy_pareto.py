@@ -83,21 +83,28 @@ def copy_results(work: Path, stem: str) -> None:
 
 
 def steps_sweep(cfg: PipelineConfig, work: Path, steps: list[int], target: float,
-                quiet: bool) -> list[dict[str, Any]]:
+                quiet: bool, train: bool = False) -> list[dict[str, Any]]:
     """Inherited-weight accuracy of the first seed's search at one target vs its length: is the
-    supernet trained by the time the search ends? (Searches only; nothing is trained or timed.)"""
+    supernet trained by the time the search ends? (Searches only, unless ``train``: then each
+    derived net is also trained with the first training seed by the comparison's recipe and timed,
+    to see whether a better-trained supernet also chooses a better net.)"""
     from dataclasses import replace
 
     rows = []
     for n in steps:
         overrides = {**cfg.search_overrides, "warmup_steps": max(n // 4, 1)}
         sub = replace(cfg, targets_ms=[target], search_steps=n, search_overrides=overrides, search_seeds=None,
-                      random_nets=0, ablations=[], strategies=["prunet"], baselines=[])
-        res = run(sub, work / f"steps_{n}_at_{target}ms", quiet=quiet, train=False)
+                      random_nets=0, ablations=[], strategies=["prunet"], baselines=[],
+                      train_seeds=(cfg.train_seeds or [cfg.seed])[:1])
+        res = run(sub, work / f"steps_{n}_at_{target}ms", quiet=quiet, train=train)
         (net,) = res["nets"].values()
-        rows.append({"steps": n, "target_ms": target, "inherited_top1": net["inherited_top1"],
-                     "search_wall_s": net["search_wall_s"], "predicted_ms": net["predicted_ms"],
-                     "depth": net.get("depth"), "layers_removed": net.get("layers_removed")})
+        row = {"steps": n, "target_ms": target, "inherited_top1": net["inherited_top1"],
+               "search_wall_s": net["search_wall_s"], "predicted_ms": net["predicted_ms"],
+               "depth": net.get("depth"), "layers_removed": net.get("layers_removed")}
+        if train:
+            row.update(top1=net["train"]["top1"], train_seed=net["train"]["runs"][0]["seed"],
+                       measured_ms=net["measured_ms"])
+        rows.append(row)
     return rows
 
 
@@ -114,6 +121,12 @@ def write_sweep(rows: list[dict[str, Any]], cfg: PipelineConfig, stem: str) -> N
              "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['target_ms']} | {r['steps']} | {r['inherited_top1']} | {r['predicted_ms']:.3f} | "
               f"{r['search_wall_s']} |" for r in rows]
+    trained = [r for r in rows if "top1" in r]
+    if trained:
+        lines += ["", f"Trained by the comparison's recipe (training seed {trained[0]['train_seed']} only; each net "
+                  "timed alone, so its ms is not comparable to the comparison's interleaved timing):", "",
+                  "| steps | top-1 (%) | measured (ms) |", "|---:|---:|---:|"]
+        lines += [f"| {r['steps']} | {r['top1']:.2f} | {r['measured_ms']:.3f} |" for r in trained]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
 
 
@@ -129,12 +142,15 @@ def main() -> None:
                         "inherited-weight accuracy vs steps in RESULTS/{out}_steps.{json,md}")
     p.add_argument("--sweep-target-ms", type=float, default=None,
                    help="where the steps sweep searches (default: the middle target)")
+    p.add_argument("--sweep-train", action="store_true",
+                   help="also train each sweep net (first training seed, the comparison's recipe) and time it")
     p.add_argument("--sweep-only", action="store_true",
                    help="run only the steps sweep (the comparison is neither rerun nor re-timed)")
     p.add_argument("--out", default="proxy_pareto", help="results file stem in benchmarks/results/")
     args = p.parse_args()
-    if args.sweep_only and not args.steps_sweep:
-        p.error("--sweep-only: give the step counts to sweep with --steps-sweep N [N ...]")
+    for flag, given in (("--sweep-only", args.sweep_only), ("--sweep-train", args.sweep_train)):
+        if given and not args.steps_sweep:
+            p.error(f"{flag}: give the step counts to sweep with --steps-sweep N [N ...]")
 
     cfg = pipeline_config(args, ["prunet"], args.ablations, args.ablation_all_seeds)
     work = Path(args.work)
@@ -145,7 +161,8 @@ def main() -> None:
     if args.steps_sweep:
         targets = sorted(cfg.targets_ms)
         target = args.sweep_target_ms or targets[len(targets) // 2]
-        write_sweep(steps_sweep(cfg, work / "sweep", args.steps_sweep, target, args.quiet), cfg, f"{args.out}_steps")
+        rows = steps_sweep(cfg, work / "sweep", args.steps_sweep, target, args.quiet, train=args.sweep_train)
+        write_sweep(rows, cfg, f"{args.out}_steps")
         print((RESULTS / f"{args.out}_steps.md").read_text())
 
 
