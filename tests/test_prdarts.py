@@ -250,7 +250,7 @@ def test_derivation_fits_a_low_target_by_the_table(tiny_space, tiny_lut):
 def test_derivation_reaches_the_checked_floor_by_swapping_ops_and_edges(tiny_space, tiny_lut):
     s = _strategy(tiny_space, tiny_lut, 1e9)
     t = s.ctx.table
-    floor = t.predict(s._arch(s.net, [s._cheapest_cell(c) for c in s.net.cells if c.gamma is None]))
+    floor = s.floor_ms()
     s = _strategy(tiny_space, tiny_lut, floor * (1 + 1e-9))
     s.check_target()  # accepted: exactly the floor
     d = s.derive()
@@ -274,10 +274,10 @@ def test_tiny_search_from_the_cli_builds_under_the_target(tiny_space, tiny_lut, 
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    # a fifth of the way from PR-DARTS's own floor (cheapest derivable cell net, above the space's
-    # floor) to its unconstrained net: mid_target, measured from the space's floor, can sit below it
+    # a fifth of the way from PR-DARTS's own floor to its unconstrained net: mid_target, measured
+    # from the space's floor, can sit below it
     s = _strategy(tiny_space, tiny_lut, 1e9)
-    floor = s.ctx.table.predict(s._arch(s.net, [s._cheapest_cell(c) for c in s.net.cells if c.gamma is None]))
+    floor = s.floor_ms()
     target = floor + 0.2 * (s.ctx.table.predict(s.derive().spec) - floor)
     r = run([PY, "-m", "prunet.cli", "search", "run", "--strategy", "prdarts", "--space", str(tiny_space),
              "--data", "fashion-mnist", "--target-ms", f"{target:.6f}", "--lut", str(tiny_lut), "--out", str(out),

@@ -309,17 +309,18 @@ class PRDartsStrategy(Strategy):
 
     # ----------------------------------------------------------------- construction
 
-    def check_target(self) -> None:
-        """Refuse a target below the cheapest cell net the supernet could derive."""
+    def floor_ms(self) -> float:
+        """Predicted latency of the cheapest cell net the supernet could derive: PR-DARTS's own
+        floor, which can sit above the space's (:func:`prunet.latency.lut.min_reachable_ms`)."""
         torch_state = torch.random.get_rng_state()
         probe = CellSupernet(self.ctx.space, self.ctx.table, self.cfg)  # weights unused: only shapes and costs
         torch.random.set_rng_state(torch_state)
-        cells = []
-        for cell in probe.cells:
-            if cell.gamma is not None:
-                continue
-            cells.append(self._cheapest_cell(cell))
-        floor = self.ctx.table.predict(self._arch(probe, cells))
+        cells = [self._cheapest_cell(cell) for cell in probe.cells if cell.gamma is None]
+        return self.ctx.table.predict(self._arch(probe, cells))
+
+    def check_target(self) -> None:
+        """Refuse a target below the cheapest cell net the supernet could derive."""
+        floor = self.floor_ms()
         if self.ctx.target_ms < floor:
             raise SearchError(f"--target-ms {self.ctx.target_ms}: below the cheapest cell net prdarts can derive "
                               f"from space {self.ctx.space.name!r} ({floor:.4f} ms predicted); raise the target")
