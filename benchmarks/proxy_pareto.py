@@ -95,7 +95,7 @@ def steps_sweep(cfg: PipelineConfig, work: Path, steps: list[int], target: float
         overrides = {**cfg.search_overrides, "warmup_steps": max(n // 4, 1)}
         sub = replace(cfg, targets_ms=[target], search_steps=n, search_overrides=overrides, search_seeds=None,
                       random_nets=0, ablations=[], strategies=["prunet"], baselines=[],
-                      train_seeds=(cfg.train_seeds or [cfg.seed])[:1])
+                      train_seeds=cfg.training_seeds[:1])
         res = run(sub, work / f"steps_{n}_at_{target}ms", quiet=quiet, train=train)
         (net,) = res["nets"].values()
         row = {"steps": n, "target_ms": target, "inherited_top1": net["inherited_top1"],

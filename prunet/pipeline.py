@@ -53,6 +53,11 @@ class PipelineConfig:
     workers: int = 1  # searches/trainings run side by side in this many processes (1 torch thread each if > 1)
     keep_going: bool = False  # a failed search is reported in results["failed"] and left out, not fatal
 
+    @property
+    def training_seeds(self) -> list[int]:
+        """The seeds every net is trained with (``train_seeds``, or the run's own seed)."""
+        return self.train_seeds or [self.seed]
+
 
 # Searches of a few dozen steps: the logits must move faster and decisions come sooner than in
 # the default 300-step schedule, or finalisation (not the search) ends up choosing the widths.
@@ -106,8 +111,7 @@ def training_jobs(cfg: PipelineConfig, nets: dict[str, dict[str, Any]]) -> list[
     """(label, training seed) pairs, seed by seed so that a cut-short run has whole seeds. Ablations
     are diagnostics read against one training of the full search: once per seed they would cost a
     third of the benchmark again, so they get the first seed unless ``ablation_all_seeds``."""
-    seeds = cfg.train_seeds or [cfg.seed]
-    return [(label, seed) for i, seed in enumerate(seeds) for label in nets
+    return [(label, seed) for i, seed in enumerate(cfg.training_seeds) for label in nets
             if i == 0 or cfg.ablation_all_seeds or nets[label].get("ablation", "full") == "full"]
 
 

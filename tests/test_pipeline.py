@@ -13,7 +13,7 @@ import pytest
 from prunet.arch import save
 from prunet.latency.lut import load_table, min_reachable_ms, sample_arch
 from prunet.search.space import load_space
-from test_search_fixtures import FASHION, tiny_space  # noqa: F401
+from test_search_fixtures import FASHION, tiny_space, widest_arch  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian package dataset-fashion-mnist not installed")
 
@@ -29,8 +29,7 @@ def tiny_run(tiny_space, tmp_path_factory):  # noqa: F811
     # The target is this baseline's *measured* latency, the floor a *prediction*: a tiny net's
     # timing is overhead-bound and noisy (a random sample once measured below the predicted floor
     # in CI and the search refused its target), so the baseline is the space's widest net.
-    widest = [(s.candidates[0], s.hidden_widths(s.candidates[0], space.width_step)[-1]) for s in space.layers()]
-    baseline = save(space.arch_from_choices(widest, "tiny-baseline"), tmp_path_factory.mktemp("arch") / "b.json")
+    baseline = save(widest_arch(space), tmp_path_factory.mktemp("arch") / "b.json")
     cfg = PipelineConfig(
         space=str(tiny_space), baselines=[str(baseline)], target_from=str(baseline),
         search_steps=6, search_overrides=dict(warmup_steps=2, batch_size=16, train_limit=400, eval_images=50,

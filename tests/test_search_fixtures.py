@@ -77,6 +77,12 @@ def search_cmd(space: Path, lut: Path, config: Path, out: Path, target: float, *
             "--quiet", *TINY_ARGS, *extra]
 
 
+def widest_arch(space):
+    """The space's widest net: every layer's first candidate at its largest hidden width."""
+    return space.arch_from_choices([(s.candidates[0], s.hidden_widths(s.candidates[0], space.width_step)[-1])
+                                    for s in space.layers()], "widest")
+
+
 def mid_target(lut: Path, space: Path) -> float:
     """A target near the small end (a fifth of the way from the smallest to the largest net): the
     supernet starts far above it, so every tier has to prune."""
@@ -85,8 +91,7 @@ def mid_target(lut: Path, space: Path) -> float:
 
     sp, t = load_space(space), load_table(lut)
     lo = min_reachable_ms(t, sp)
-    big = sp.arch_from_choices([(s.candidates[0], s.hidden_widths(s.candidates[0], 8)[-1]) for s in sp.layers()], "big")
-    return lo + 0.2 * (t.predict(big) - lo)
+    return lo + 0.2 * (t.predict(widest_arch(sp)) - lo)
 
 
 def env() -> dict[str, str]:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from prunet.search.space import SpaceError, builtin_spaces, from_dict, load_space
-from test_search_fixtures import TINY_SPACE
+from test_search_fixtures import TINY_SPACE, widest_arch
 
 
 def test_builtin_spaces_load_and_yield_valid_archs():
@@ -23,7 +23,7 @@ def test_builtin_spaces_load_and_yield_valid_archs():
                 ws = s.hidden_widths(c, step)
                 assert ws == sorted(ws) and all(w % step == 0 for w in ws)
         # The largest and the smallest net of the space are valid prunet.arch specs.
-        big = sp.arch_from_choices([(s.candidates[0], s.hidden_widths(s.candidates[0], step)[-1]) for s in layers], "big")
+        big = widest_arch(sp)
         small = sp.arch_from_choices([None if s.skippable else (s.candidates[0], s.hidden_widths(s.candidates[0], step)[0])
                                       for s in layers], "small")
         assert len(big.blocks) == len(layers) > len(small.blocks)
