@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from collections.abc import Container, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -39,6 +40,7 @@ class PipelineConfig:
     train_limit: int | None = 20000
     eval_limit: int | None = 5000
     latency_threads: int = 1
+    lut_runs: int | None = None  # timed runs per latency-table entry (None: the table default, 300)
     measure_iters: int = 30   # interleaved rounds; each runs every net `measure_burst` times back to back
     measure_burst: int = 10
     measure_cold_iters: int = 100  # also: rounds of one run per net (caches hold the other nets' weights)
@@ -63,12 +65,17 @@ class PipelineConfig:
 # the default 300-step schedule, or finalisation (not the search) ends up choosing the widths.
 SHORT_SEARCH = dict(arch_lr=0.1, prunode_window=3, block_window=6, layer_window=6)
 
-# `make demo`: small enough for a few minutes on 2 CPU cores once the latency table exists.
+# `make demo`: minutes on 2 CPU cores, the latency table included. The table is timed with 50 runs
+# per block, not 300 (in its own cache file, which the benchmark never reads): on 60 proxy-small
+# blocks the minimum of 50 runs was as close to another session's minimum of 300 as the minimum of
+# 100 was (within ±10 %: 0.90 vs 0.88), and a quarter of the runs is 2 of the table's ~4 minutes here.
+# Two workers: the baselines train beside the search (one torch thread each; 393 vs 444 s here).
 DEMO = PipelineConfig(
-    search_steps=24,
-    search_overrides=dict(warmup_steps=6, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=12,
+    lut_runs=50, workers=2,
+    search_steps=16,
+    search_overrides=dict(warmup_steps=4, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=8,
                           **SHORT_SEARCH),
-    train_steps=80, train_batch=64, train_limit=10000, eval_limit=2000, measure_iters=20,
+    train_steps=60, train_batch=64, train_limit=10000, eval_limit=2000, measure_iters=20,
     baselines=["irb_uniform_w050", "irb_uniform_w075"],
 )
 
@@ -231,25 +238,65 @@ def _limit_threads(threads: int) -> None:
 
 
 def _in_processes(tasks: list[tuple[Any, tuple[Any, ...]]], workers: int, desc: str, quiet: bool,
-                  keep_going: bool = False) -> list[Any]:
+                  keep_going: bool | Container[int] = False, after: Sequence[int | None] | None = None,
+                  labels: Sequence[str] | None = None) -> list[Any]:
     """Run ``fn(*args)`` for each task, each in its own fresh (spawned) process, ``workers`` at a
-    time; results in task order (``keep_going``: a task's exception is returned in its place)."""
+    time; results in task order.
+
+    ``after[i]``: the index of a task that must succeed before task ``i`` starts — a training
+    waits for its own search, not for every search, so baseline trainings fill the cores while
+    the searches run. A task whose prerequisite failed is not run and gets that failure as its
+    result. ``keep_going``: a failure is returned in the task's place instead of raised (True:
+    any task's; a container: those tasks' only). ``labels`` name the running tasks on the bar."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     if not tasks:
         return []
+    after = list(after) if after is not None else [None] * len(tasks)
+    if len(after) != len(tasks) or any(a is not None and not 0 <= a < len(tasks) for a in after):
+        raise ValueError("after: expected one prerequisite index (or None) per task")
+    tolerated = (lambda i: keep_going) if isinstance(keep_going, bool) else keep_going.__contains__
     results: list[Any] = [None] * len(tasks)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(tasks)}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=quiet):
-            try:
-                results[futures[fut]] = fut.result()
-            except Exception as e:
-                if not keep_going:
-                    raise
-                results[futures[fut]] = e
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, max_tasks_per_child=1) as pool, \
+            tqdm(total=len(tasks), desc=desc, disable=quiet) as bar:
+        running: dict[Any, int] = {}
+
+        def start(i: int) -> None:
+            fn, args = tasks[i]
+            running[pool.submit(fn, *args)] = i
+
+        def finished(i: int, failure: Exception | None) -> None:
+            bar.update()
+            for j, prerequisite in enumerate(after):
+                if prerequisite != i:
+                    continue
+                if failure is None:
+                    start(j)
+                else:
+                    results[j] = failure
+                    finished(j, failure)
+
+        for i in range(len(tasks)):
+            if after[i] is None:
+                start(i)
+        while running:
+            if labels is not None:  # the pool runs submissions first come, first served
+                active = list(running.values())[:max(1, workers)]
+                bar.set_postfix_str(", ".join(labels[i] for i in active)[:80], refresh=True)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=running.__getitem__):
+                i = running.pop(fut)
+                try:
+                    results[i] = fut.result()
+                except Exception as e:
+                    if not tolerated(i):
+                        raise
+                    results[i] = e
+                    finished(i, e)
+                else:
+                    finished(i, None)
     return results
 
 
@@ -267,10 +314,9 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
     """Run the whole comparison; writes results.json, results.md and pareto.png into ``out``
     (``train=False``: only the searches, for a steps sweep; returns their summaries)."""
     from prunet.latency import Candidate, measure_interleaved
-    from prunet.latency.lut import Measurer
     from prunet.search import LoopConfig, RunSpec, load_space
     from prunet.search.config import dataclass_from_dict, split_settings
-    from prunet.search.tables import ensure_table
+    from prunet.search.tables import ensure_table, table_measurer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,12 +330,12 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
             raise ValueError(f"baseline {name}: input {spec.input_size} differs from space {space.input_size}")
         nets[Path(name).stem] = {"kind": "baseline", "arch": path, "baseline": _baseline_name(name)}
 
-    measurer = Measurer(backend="onnxruntime", threads=cfg.latency_threads)
+    measurer = table_measurer("onnxruntime", cfg.latency_threads, cfg.lut_runs)  # targets timed as the table is
     targets = cfg.targets_ms
     if not targets:
         ref = load(baseline_path(cfg.target_from))
         targets = [round(measurer.whole(ref), 4)]
-    lut = ensure_table(space, "onnxruntime", cfg.latency_threads, quiet=quiet)
+    lut = ensure_table(space, "onnxruntime", cfg.latency_threads, quiet=quiet, runs=cfg.lut_runs)
     ablation_at = cfg.ablation_target_ms or sorted(targets)[len(targets) // 2]
     if cfg.ablations and ablation_at not in targets:
         raise ValueError(f"ablation_target_ms: {ablation_at} is not one of the targets {targets}")
@@ -298,7 +344,12 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
         raise ValueError(f"ablations: unknown variant {unknown[0]!r} (known: {sorted(ABLATIONS)})")
     jobs = search_jobs(cfg, list(targets), ablation_at)
     threads = 1 if cfg.workers > 1 else 0
-    pending, pending_jobs = [], []
+    # One pool for searches and trainings: a training waits for its own search only (``after``),
+    # so baseline trainings run beside the searches instead of after the slowest of them.
+    tasks: list[tuple[Any, tuple[Any, ...]]] = []
+    labels: list[str] = []
+    after: list[int | None] = []
+    search_task: dict[str, int] = {}
     for job in jobs:
         loop, strategy = split_settings(job.settings)
         if threads:
@@ -309,11 +360,26 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
         run_dir = out / "search" / job.folder
         _check_search_folder(spec, run_dir)
         if not (run_dir / "summary.json").is_file():
-            pending.append((_search_child, (spec.to_dict(), str(run_dir), quiet or cfg.workers > 1, threads)))
-            pending_jobs.append(job)
-    outcomes = _in_processes(pending, cfg.workers, "search", quiet, keep_going=cfg.keep_going)
-    failed = {job.label: f"{type(e).__name__}: {e}".splitlines()[0]
-              for job, e in zip(pending_jobs, outcomes) if isinstance(e, Exception)}
+            search_task[job.label] = len(tasks)
+            tasks.append((_search_child, (spec.to_dict(), str(run_dir), quiet or cfg.workers > 1, threads)))
+            labels.append(f"search {job.label}")
+            after.append(None)
+    planned = {**nets, **{job.label: {"arch": out / "search" / job.folder / "arch.json", "ablation": job.ablation}
+                          for job in jobs}}
+    train_jobs = training_jobs(cfg, planned) if train else []
+    dirs = {(label, seed): out / "train" / (_slug(label) + ("" if seed == cfg.seed else f"_seed{seed}"))
+            for label, seed in train_jobs}
+    train_task: dict[tuple[str, int], int] = {}
+    for label, seed in train_jobs:
+        train_task[label, seed] = len(tasks)
+        tasks.append((_train_child, (str(planned[label]["arch"]), cfg, str(dirs[label, seed]), seed, threads)))
+        labels.append(f"train {label}" + ("" if seed == cfg.seed else f" seed {seed}"))
+        after.append(search_task.get(label))
+    outcomes = _in_processes(tasks, cfg.workers, "search + train" if train_jobs else "search", quiet,
+                             keep_going=set(search_task.values()) if cfg.keep_going else False,
+                             after=after, labels=labels)
+    failed = {label: f"{type(e).__name__}: {e}".splitlines()[0]
+              for label, i in search_task.items() if isinstance(e := outcomes[i], Exception)}
     for job in jobs:
         run_dir = out / "search" / job.folder
         if job.label in failed:
@@ -329,14 +395,10 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
     if not train:
         return {"targets_ms": targets, "nets": {k: _relative_net(n, out) for k, n in nets.items()}}
 
-    train_jobs = training_jobs(cfg, nets)
-    dirs = {(label, seed): out / "train" / (_slug(label) + ("" if seed == cfg.seed else f"_seed{seed}"))
-            for label, seed in train_jobs}
-    done = _in_processes([(_train_child, (str(nets[label]["arch"]), cfg, str(dirs[label, seed]), seed, threads))
-                          for label, seed in train_jobs], cfg.workers, "train", quiet)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in nets}
-    for (label, seed), result in zip(train_jobs, done):
-        runs[label].append({"seed": seed, "dir": dirs[label, seed], **result})
+    for (label, seed), i in train_task.items():
+        if label in nets:  # a failed search's net has no training (its task got the search's failure)
+            runs[label].append({"seed": seed, "dir": dirs[label, seed], **outcomes[i]})
     for label, net in nets.items():
         top1 = [r["top1"] for r in runs[label]]
         sd = statistics.stdev(top1) if len(top1) > 1 else None

@@ -166,7 +166,8 @@ def evaluate(model: torch.nn.Module, data: ImageSet, indices: list[int], batch_s
     for i in tqdm(range(0, len(indices), batch_size), desc="eval", disable=quiet, leave=False):
         x, y = data.batch(indices[i: i + batch_size])
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        correct += (model(x).argmax(1).cpu() == y).sum().item()
+        with torch.inference_mode():  # no autograd graph of a forward nothing differentiates
+            correct += (model(x).argmax(1).cpu() == y).sum().item()
     return 100.0 * correct / max(1, len(indices))
 
 

@@ -123,3 +123,28 @@ def test_validate_lut_torch_backend_json(tiny_lut):
     res = json.loads(r.stdout)
     assert set(res) >= {"samples", "within_10pct", "mape", "spearman"} and res["backend"] == "torch"
     assert len(res["predicted_ms"]) == len(res["measured_ms"]) == 4
+
+
+def test_a_table_timed_with_fewer_runs_is_cached_apart_and_rebuilt_when_it_does_not_fit(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """`make demo`'s table (fewer timed runs per block) has its own cache file, so the benchmark's
+    default table is never replaced by it nor read in its place; a cached file whose recorded run
+    count differs from what is asked for is measured again, not trusted."""
+    import shutil
+
+    from prunet.search.tables import default_lut_path, ensure_table
+
+    monkeypatch.setenv("PRUNET_CACHE", str(tmp_path))
+    sp = from_dict(MICRO_SPACE)
+    assert default_lut_path(sp, "torch", 1).name.endswith("-torch-1t.json")
+    path = ensure_table(sp, "torch", 1, quiet=True, runs=12)
+    assert path == default_lut_path(sp, "torch", 1, runs=12) and path.name.endswith("-torch-1t-12runs.json")
+    assert (load_table(path).provenance["iters"], load_table(path).provenance["warmup"]) == (12, 10)
+    assert ensure_table(sp, "torch", 1, quiet=True, runs=12) == path  # reused
+    wrong = default_lut_path(sp, "torch", 1, runs=20)
+    shutil.copy(path, wrong)  # a 12-run table under the 20-run name
+    assert ensure_table(sp, "torch", 1, runs=20) == wrong
+    assert "timed with 12 runs per entry, not 20" in capsys.readouterr().err
+    assert load_table(wrong).provenance["iters"] == 20
+    with pytest.raises(ValueError, match="lut_runs: expected an integer >= 10"):
+        default_lut_path(sp, "torch", 1, runs=5)

@@ -36,7 +36,7 @@ def tiny_run(tiny_space, tmp_path_factory):  # noqa: F811
                                               threads=1, prunode_window=1, block_window=2, layer_window=2),
         ablations=["prunode_only"], train_seeds=[0, 1], train_steps=6, train_batch=16, train_limit=300, eval_limit=100,
         measure_iters=4, measure_burst=3, measure_cold_iters=5, search_seeds=[0, 1], random_nets=1, random_steps=3,
-        strategy_overrides={"random": {"tolerance": 0.6}}, workers=2)
+        strategy_overrides={"random": {"tolerance": 0.6}}, workers=2, lut_runs=50)
     out = tmp_path_factory.mktemp("pipeline")
     results = run(cfg, out, quiet=True)
     yield cfg, out, results, cache
@@ -45,9 +45,10 @@ def tiny_run(tiny_space, tmp_path_factory):  # noqa: F811
 
 def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, tiny_space):  # noqa: F811
     cfg, out, results, cache = tiny_run
-    (lut_path,) = (cache / "luts").glob("tiny-*-onnxruntime-1t.json")
+    (lut_path,) = (cache / "luts").glob("tiny-*-onnxruntime-1t-50runs.json")  # not the default table's file
     table = load_table(lut_path)
     assert table.backend == "onnxruntime" and table.threads == 1
+    assert (table.provenance["iters"], table.provenance["warmup"]) == (50, 10)
     (target,) = results["targets_ms"]
     assert target > 0
     nets = results["nets"]
@@ -217,6 +218,27 @@ def test_failed_search_is_reported_not_fatal_with_keep_going():
     assert isinstance(out[0], ValueError) and out[1] == 3
     with pytest.raises(ValueError, match="invalid literal"):
         _in_processes([(int, ("x",))], workers=1, desc="t", quiet=True)
+
+
+def test_a_task_waits_for_its_prerequisite_only_and_inherits_its_failure(tmp_path):
+    """A training starts when its own search is done (baseline trainings fill the other cores);
+    a failed search's trainings are not run."""
+    import shutil
+
+    from prunet.pipeline import _in_processes
+
+    (tmp_path / "a").write_text("made by the first task")
+    tasks = [(shutil.copyfile, (str(tmp_path / "a"), str(tmp_path / "b"))),
+             (shutil.copyfile, (str(tmp_path / "b"), str(tmp_path / "c"))),  # needs the first task's file
+             (int, ("x",)), (int, ("4",)), (int, ("5",))]
+    out = _in_processes(tasks, workers=2, desc="t", quiet=True, keep_going={2}, after=[None, 0, None, 2, None],
+                        labels=list("abcde"))
+    assert (tmp_path / "c").read_text() == "made by the first task"
+    assert isinstance(out[2], ValueError) and out[3] is out[2] and out[4] == 5
+    with pytest.raises(ValueError, match="invalid literal"):  # tolerated for task 2 only
+        _in_processes([(int, ("x",)), (int, ("y",))], workers=1, desc="t", quiet=True, keep_going={1})
+    with pytest.raises(ValueError, match="one prerequisite index"):
+        _in_processes(tasks[:2], workers=1, desc="t", quiet=True, after=[None, 5])
 
 
 def test_a_row_trained_with_fewer_seeds_says_so():

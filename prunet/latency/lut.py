@@ -392,7 +392,8 @@ def net_id(arch: ArchSpec) -> str:
 @dataclass
 class Measurer:
     """Times one module, exported the same way for blocks and whole networks (TorchScript ONNX
-    exporter: the dynamo exporter takes ~2× longer per block and the table holds thousands)."""
+    exporter: the dynamo exporter takes ~2× longer per block and the table holds thousands; no
+    onnxscript optimizer pass, see :func:`prunet.export.onnx.to_onnx`'s ``optimize``)."""
 
     backend: str = "onnxruntime"
     threads: int | None = 1
@@ -418,7 +419,7 @@ class Measurer:
         try:
             path = Path(tmp) / "m.onnx"
             to_onnx(module, path, batch=input_shape[0], input_size=tuple(input_shape[1:]), images=False,
-                    check_tensorrt=False, exporter=self.exporter, parity=False)
+                    check_tensorrt=False, exporter=self.exporter, parity=False, optimize=False)
             return measure(str(path), input_shape, backend=self.backend, warmup=self.warmup, iters=self.iters,
                            threads=self.threads, headline=self.statistic, device=self.device).value
         finally:
@@ -445,7 +446,7 @@ class Measurer:
                 tmp = tempfile.mkdtemp(prefix="prunet-lut-")
                 target = str(Path(tmp) / "m.onnx")
                 to_onnx(module, target, batch=input_shape[0], input_size=tuple(input_shape[1:]), images=False,
-                        check_tensorrt=False, exporter=self.exporter, parity=False)
+                        check_tensorrt=False, exporter=self.exporter, parity=False, optimize=False)
             cands = [Candidate(label=lab, target=target, input_shape=tuple(input_shape), backend=self.backend,
                                device=self.device) for lab in ("A", "B")]
             res = measure_interleaved(cands, warmup=self.warmup, iters=rounds, threads=self.threads,
@@ -481,8 +482,8 @@ class Measurer:
         fingerprint = latency_fingerprint(self.backend, device)
         if "cuda" in fingerprint:
             found["cuda"] = fingerprint["cuda"]
-        return {"iters": self.iters, "warmup": self.warmup, "exporter": self.exporter, "batch": 1,
-                "device": device_description(device), "device_kind": fingerprint["device_kind"],
+        return {"iters": self.iters, "warmup": self.warmup, "exporter": self.exporter, "onnxscript_optimizer": False,
+                "batch": 1, "device": device_description(device), "device_kind": fingerprint["device_kind"],
                 "device_name": fingerprint["device_name"], "versions": found, "date": now()}
 
 
