@@ -69,13 +69,15 @@ SHORT_SEARCH = dict(arch_lr=0.1, prunode_window=3, block_window=6, layer_window=
 # per block, not 300 (in its own cache file, which the benchmark never reads): on 60 proxy-small
 # blocks the minimum of 50 runs was as close to another session's minimum of 300 as the minimum of
 # 100 was (within ±10 %: 0.90 vs 0.88), and a quarter of the runs is 2 of the table's ~4 minutes here.
-# Two workers: the baselines train beside the search (one torch thread each; 393 vs 444 s here).
+# Two workers: the baselines train beside the search (one torch thread each; 393 vs 444 s here at
+# 24 search and 80 training steps). Steps are cut to what a fresh machine of this kind finishes in
+# ten minutes: the search → training chain of the searched net is the run's critical path.
 DEMO = PipelineConfig(
     lut_runs=50, workers=2,
-    search_steps=16,
-    search_overrides=dict(warmup_steps=4, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=8,
+    search_steps=12,
+    search_overrides=dict(warmup_steps=3, batch_size=16, train_limit=4000, eval_images=500, checkpoint_every=12,
                           **SHORT_SEARCH),
-    train_steps=60, train_batch=64, train_limit=10000, eval_limit=2000, measure_iters=20,
+    train_steps=40, train_batch=64, train_limit=10000, eval_limit=1000, measure_iters=20,
     baselines=["irb_uniform_w050", "irb_uniform_w075"],
 )
 
@@ -206,9 +208,20 @@ def _export(arch_path: Path, weights: Path, onnx_path: Path) -> dict[str, Any]:
 
 def _check_search_folder(spec: Any, run_dir: Path) -> None:
     asked = json.loads(json.dumps(spec.to_dict()))
-    if (run_dir / "run.json").is_file() and json.loads((run_dir / "run.json").read_text()) != asked:
-        raise ValueError(f"{run_dir}: holds a search with other settings than this run asks for; "
+    if (run_dir / "run.json").is_file() and (recorded := json.loads((run_dir / "run.json").read_text())) != asked:
+        differ = _differences(recorded, asked)
+        shown = "; ".join(differ[:3]) + ("; ..." if len(differ) > 3 else "")
+        raise ValueError(f"{run_dir}: holds a search with other settings than this run asks for ({shown}); "
                          "remove it or choose another output folder")
+
+
+def _differences(recorded: Any, asked: Any, where: str = "") -> list[str]:
+    """``field: X in the folder, Y asked`` for every leaf where two run specs differ (a rerun with,
+    say, another ``--workers`` changes only ``loop.threads``: the error should say so)."""
+    if isinstance(recorded, dict) and isinstance(asked, dict):
+        return [d for key in sorted(set(recorded) | set(asked), key=str)
+                for d in _differences(recorded.get(key), asked.get(key), f"{where}.{key}" if where else str(key))]
+    return [] if recorded == asked else [f"{where or 'run'}: {recorded!r} in the folder, {asked!r} asked"]
 
 
 def _search_child(spec: dict[str, Any], run_dir: str, quiet: bool, threads: int) -> None:

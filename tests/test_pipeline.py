@@ -100,7 +100,7 @@ def test_rerun_reuses_finished_runs_and_refuses_changed_settings(tiny_run):
     assert (search_dir / "summary.json").stat().st_mtime_ns == stamp
     for label, n in again["nets"].items():
         assert n["train"]["top1"] == results["nets"][label]["train"]["top1"]
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings .*\(loop\.steps: 6 in the folder, 7 asked\)"):
         run(replace(cfg, targets_ms=results["targets_ms"], search_steps=7), out, quiet=True)
     with pytest.raises(ValueError, match="other settings"):
         run(replace(cfg, targets_ms=results["targets_ms"], train_steps=7), out, quiet=True)
