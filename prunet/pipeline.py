@@ -367,6 +367,7 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
     labels: list[str] = []
     after: list[int | None] = []
     search_task: dict[str, int] = {}
+    run_dirs = {job.label: out / "search" / job.folder for job in jobs}
     for job in jobs:
         loop, strategy = split_settings(job.settings)
         if threads:
@@ -374,14 +375,14 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
         spec = RunSpec(space=cfg.space, data=cfg.data, target_ms=job.target_ms, seed=job.search_seed, lut=str(lut),
                        strategy=job.strategy, latency_threads=cfg.latency_threads,
                        loop=dataclass_from_dict(LoopConfig, loop, "search"), strategy_config=strategy)
-        run_dir = out / "search" / job.folder
+        run_dir = run_dirs[job.label]
         _check_search_folder(spec, run_dir)
         if not (run_dir / "summary.json").is_file():
             search_task[job.label] = len(tasks)
             tasks.append((_search_child, (spec.to_dict(), str(run_dir), quiet or cfg.workers > 1, threads)))
             labels.append(f"search {job.label}")
             after.append(None)
-    planned = {**nets, **{job.label: {"arch": out / "search" / job.folder / "arch.json", "ablation": job.ablation}
+    planned = {**nets, **{job.label: {"arch": run_dirs[job.label] / "arch.json", "ablation": job.ablation}
                           for job in jobs}}
     train_jobs = training_jobs(cfg, planned) if train else []
     dirs = {(label, seed): out / "train" / (_slug(label) + ("" if seed == cfg.seed else f"_seed{seed}"))
@@ -398,7 +399,7 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
     failed = {label: f"{type(e).__name__}: {e}".splitlines()[0]
               for label, i in search_task.items() if isinstance(e := outcomes[i], Exception)}
     for job in jobs:
-        run_dir = out / "search" / job.folder
+        run_dir = run_dirs[job.label]
         if job.label in failed:
             continue
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -158,6 +158,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 
 @torch.no_grad()
+@torch.inference_mode()  # no autograd graph of a forward nothing differentiates
 def evaluate(model: torch.nn.Module, data: ImageSet, indices: list[int], batch_size: int,
              device: torch.device, quiet: bool = True) -> float:
     """Top-1 accuracy (%) over ``indices`` (every rank evaluates all of them: simple and exact)."""
@@ -166,8 +167,7 @@ def evaluate(model: torch.nn.Module, data: ImageSet, indices: list[int], batch_s
     for i in tqdm(range(0, len(indices), batch_size), desc="eval", disable=quiet, leave=False):
         x, y = data.batch(indices[i: i + batch_size])
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():  # no autograd graph of a forward nothing differentiates
-            correct += (model(x).argmax(1).cpu() == y).sum().item()
+        correct += (model(x).argmax(1).cpu() == y).sum().item()
     return 100.0 * correct / max(1, len(indices))
 
 
