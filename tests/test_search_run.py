@@ -35,6 +35,23 @@ def test_run_writes_a_buildable_arch_under_target(finished, tiny_lut):
     assert len(lines) == 40 and all("expected_ms" in json.loads(ln) for ln in lines)
 
 
+def test_the_supernet_runs_in_channels_last_and_older_run_folders_read_as_contiguous(finished, tmp_path):
+    import torch
+
+    from prunet.search.loop import read_run
+
+    out, _ = finished
+    assert read_run(out).loop.channels_last  # the default, recorded in run.json
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    convs = [v for v in ckpt["model"].values() if v.dim() == 4 and v.shape[1] > 1 and v.shape[2] * v.shape[3] > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in convs)
+    # a run.json written before the setting existed: that search ran in the default memory format
+    old = json.loads((out / "run.json").read_text())
+    del old["loop"]["channels_last"]
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    assert read_run(tmp_path).loop.channels_last is False
+
+
 def test_arch_builds_with_create_model_and_weights_load(finished):
     import torch
     from safetensors.torch import load_file

@@ -61,6 +61,8 @@ class LoopConfig:
     checkpoint_every: int = 25       # steps between checkpoints (also on SIGTERM/SIGINT)
     threads: int = 0                 # torch CPU threads (0 = torch's default; recorded)
     eval_images: int = 2000          # val images to score the derived network on (0 = skip)
+    channels_last: bool = True       # weights and batches in channels_last (faster here on CPU; False: the
+                                     # memory format of searches recorded before 2026-12-04)
 
     def validate(self) -> None:
         if self.steps < 1:
