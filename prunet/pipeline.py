@@ -68,8 +68,8 @@ SHORT_SEARCH = dict(arch_lr=0.1, prunode_window=3, block_window=6, layer_window=
 # `make demo`: minutes on 2 CPU cores, the latency table included. The table is timed with 50 runs
 # per block, not 300 (in its own cache file, which the benchmark never reads): on 60 proxy-small
 # blocks the minimum of 50 runs was as close to another session's minimum of 300 as the minimum of
-# 100 was (within ±10 %: 0.90 vs 0.88); with the export change (see Measurer) the table took
-# 143–181 s here instead of 384 s.
+# 100 was (within ±10 %: 0.90 vs 0.88); with the export change (see Measurer) and versions read
+# once per process the table took 122 s here instead of 384 s.
 # Two workers: the baselines train beside the search (one torch thread each; 393 vs 444 s here at
 # 24 search and 80 training steps). The search → training chain of the searched net is the run's
 # critical path; 16 and 60 steps (from 24 and 80) shorten it, 12 and 40 left irb_uniform_w075 at
