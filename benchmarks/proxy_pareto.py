@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=int, default=150)
     p.add_argument("--train-seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=2,
-                   help="searches/trainings side by side, one torch thread each (timing is always alone)")
+                   help="searches/trainings side by side, one torch thread each (timing is always alone); "
+                        "1: torch's default thread count, so run two such invocations at once only with "
+                        "OMP_NUM_THREADS=1 (oversubscribed, each stepped ~15x slower here)")
     p.add_argument("--quiet", action="store_true")
 
 

@@ -50,6 +50,14 @@ def test_the_supernet_runs_in_channels_last_and_older_run_folders_read_as_contig
     del old["loop"]["channels_last"]
     (tmp_path / "run.json").write_text(json.dumps(old))
     assert read_run(tmp_path).loop.channels_last is False
+    # ... and its checkpoint resumes (its recorded run is not taken for an edited run.json)
+    from prunet.search.loop import resume_search
+
+    del ckpt["run"]["loop"]["channels_last"]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    (tmp_path / "log.jsonl").write_text((out / "log.jsonl").read_text())
+    summary = resume_search(tmp_path, quiet=True)
+    assert summary["steps"] == old["loop"]["steps"] and (tmp_path / "arch.json").is_file()
 
 
 def test_arch_builds_with_create_model_and_weights_load(finished):

@@ -317,7 +317,7 @@ class SearchLoop:
                               "nothing was changed") from None
         if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
             raise SearchError(f"{path}: not a prunet search checkpoint (format {CKPT_FORMAT!r} expected)")
-        changed = changed_fields(state["run"], self.run.to_dict())
+        changed = changed_fields(_as_recorded(state["run"]), self.run.to_dict())
         if changed:
             raise SearchError(f"{self.out / 'run.json'}: edited since the search started ({', '.join(changed)} "
                               "changed); restore it, or start a new search in another folder")
@@ -572,10 +572,15 @@ def read_run(out: Path) -> RunSpec:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise SearchError(f"{rj}: not valid JSON ({e})") from None
-    loop = obj.get("loop") if isinstance(obj, dict) else None
-    if isinstance(loop, dict) and "channels_last" not in loop:  # written before the field: ran contiguous
-        obj = {**obj, "loop": {**loop, "channels_last": False}}
-    return RunSpec.from_dict(obj, str(rj))
+    return RunSpec.from_dict(_as_recorded(obj), str(rj))
+
+
+def _as_recorded(run: Any) -> Any:
+    """A run spec as its search ran: one written before ``loop.channels_last`` existed ran contiguous."""
+    loop = run.get("loop") if isinstance(run, dict) else None
+    if isinstance(loop, dict) and "channels_last" not in loop:
+        return {**run, "loop": {**loop, "channels_last": False}}
+    return run
 
 
 def resume_search(out: str | os.PathLike, quiet: bool = False) -> dict[str, Any]:
