@@ -174,6 +174,10 @@ class SearchLoop:
     def _memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.loop_cfg.channels_last else torch.contiguous_format
 
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        """An image batch on the loop's device, in the supernet's memory format."""
+        return x.to(self.device).contiguous(memory_format=self._memory_format)
+
     def _build(self) -> None:
         torch.manual_seed(self.run.seed)  # identical initial weights on every rank
         # channels_last by default, as train.py: these depthwise-heavy nets step faster in it on CPU
@@ -248,7 +252,7 @@ class SearchLoop:
     def _weight_step(self, step: int) -> float:
         self.model.train()
         x, y = self.train_stream.next()
-        x, y = x.to(self.device).contiguous(memory_format=self._memory_format), y.to(self.device)
+        x, y = self._images(x), y.to(self.device)
         self.w_sched.step_update(step)
         self.w_opt.zero_grad(set_to_none=False)
         if self.a_opt is not None:
@@ -269,7 +273,7 @@ class SearchLoop:
 
     def _arch_step(self, step: int) -> dict[str, float]:
         x, y = self.val_stream.next()
-        x, y = x.to(self.device).contiguous(memory_format=self._memory_format), y.to(self.device)
+        x, y = self._images(x), y.to(self.device)
         assert self.a_opt is not None
         self.a_opt.zero_grad(set_to_none=False)
         with frozen(self.w_named):
@@ -508,8 +512,7 @@ class SearchLoop:
         with torch.inference_mode():
             for i in range(0, n, 256):
                 x, y = self.data.batch(self.val_indices[i:min(i + 256, n)])
-                x = x.to(self.device).contiguous(memory_format=self._memory_format)
-                correct += int((model(x).argmax(1) == y.to(self.device)).sum())
+                correct += int((model(self._images(x)).argmax(1) == y.to(self.device)).sum())
         return correct / n
 
 
