@@ -2,8 +2,8 @@
 
 At every target: PruNet searched with several search seeds, `random`-strategy controls predicted
 at the same latency, and the hand baselines, every net trained by one recipe with several training
-seeds and all timed together in one interleaved onnxruntime run; plus ablations at the middle
-target (the other latency loss, the other execution mode, pruning tiers off) and, optionally, the
+seeds and all timed together in one interleaved onnxruntime run; optionally ablations at the
+middle target (the other latency loss, the other execution mode, pruning tiers off) and the
 inherited-weight accuracy of one search at several step counts.
 
 Writes benchmarks/results/proxy_pareto.{json,md,png} (via prunet.pipeline; paths in them are
@@ -39,9 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-steps", type=int, default=200)
     p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--random-nets", type=int, default=3, help="`random` controls per target")
-    p.add_argument("--random-steps", type=int, default=None,
-                   help="steps that train a control's inherited weights (default: --search-steps)")
-    p.add_argument("--train-steps", type=int, default=150)
+    p.add_argument("--random-steps", type=int, default=50,
+                   help="steps that train a control's inherited weights (only its inherited accuracy uses them: "
+                        "every net's training starts from scratch)")
+    # Batch 32 × 200 steps, not v2's 64 × 150: a step of batch 64 costs 1.5x per image what one of
+    # 32 does here (cache), and the three-seed comparison must fit in 2 h on 2 cores.
+    p.add_argument("--train-steps", type=int, default=200)
+    p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--train-seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=2,
                    help="searches/trainings side by side, one torch thread each (timing is always alone); "
@@ -63,7 +67,7 @@ def pipeline_config(args: argparse.Namespace, strategies: list[str], ablations: 
         targets_ms=args.targets_ms, baselines=list(args.baselines), seed=args.search_seeds[0],
         train_seeds=args.train_seeds, search_seeds=args.search_seeds, search_steps=args.search_steps,
         search_overrides=search, strategies=strategies, random_nets=args.random_nets, random_steps=args.random_steps,
-        train_steps=args.train_steps, train_batch=64, train_limit=20000, eval_limit=5000,
+        train_steps=args.train_steps, train_batch=args.train_batch, train_limit=20000, eval_limit=5000,
         ablations=ablations, ablation_all_seeds=ablation_all_seeds, workers=args.workers,
     )
     if not cfg.targets_ms:
@@ -135,8 +139,10 @@ def write_sweep(rows: list[dict[str, Any]], cfg: PipelineConfig, stem: str) -> N
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(p)
-    p.add_argument("--ablations", nargs="*", default=["prune_acts", "multiplicative", "mixture", "prunode_only"],
-                   help="PruNet variants searched at the middle target (see prunet.pipeline.ABLATIONS)")
+    p.add_argument("--ablations", nargs="*", default=[],
+                   help="PruNet variants also searched at the middle target (prunet.pipeline.ABLATIONS: "
+                        "prune_acts multiplicative mixture prunode_only; Pareto v2 ran all four, ~50 min of "
+                        "process time more, the mixture search alone ~18)")
     p.add_argument("--ablation-all-seeds", action="store_true",
                    help="ablations with every search and training seed (default: the first of each)")
     p.add_argument("--steps-sweep", type=int, nargs="*", default=[],
