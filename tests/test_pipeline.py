@@ -68,6 +68,9 @@ def test_pipeline_compares_searched_and_baseline_at_measured_latency(tiny_run, t
         else:
             assert [r["seed"] for r in runs] == [0, 1] and n["train"]["top1"] == pytest.approx(
                 sum(r["top1"] for r in runs) / 2) and n["train"]["top1_sd"] is not None, label
+        for r in runs:  # the comparison's recipe reached every training, evaluation batch included
+            recorded = json.loads((out / r["dir"] / "train_config.json").read_text())
+            assert (recorded["batch_size"], recorded["eval_batch_size"]) == (cfg.train_batch, cfg.eval_batch), label
         assert (out / n["export"]["onnx"]).is_file()
         assert (out / n["arch"]).is_file() if n["kind"] != "baseline" else n["arch"] == "b.json"
         if n["kind"] != "baseline":
