@@ -554,7 +554,7 @@ def results_markdown(results: dict[str, Any]) -> str:
              f"{prov['rounds']} interleaved rounds × {prov['burst']} back-to-back runs per net (warm caches, as "
              f"the latency table and targets are measured); *cold*: {prov['statistic']} of {prov['cold_iters']} "
              f"rounds of one run per net (each run follows another net). Top-1 on Fashion-MNIST test images "
-             f"after the same training recipe ({cfg['train_steps']} steps; mean ± sample SD over "
+             f"after the same training recipe ({cfg['train_steps']} steps of batch {cfg['train_batch']}; mean ± sample SD over "
              f"training seeds {cfg['train_seeds'] or [cfg['seed']]}); *inherited*: the derived net with the "
              f"search's own weights, on held-out training images, before that training; "
              f"{prov['device']}, {prov['date']}; this invocation took {results['wall_s'] / 60:.0f} min (runs "
