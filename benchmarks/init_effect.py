@@ -2,7 +2,7 @@
 
 Before: PyTorch's default init (``weight_init="torch"``, what every prunet net had until then).
 After: timm's EfficientNet init (``weight_init="efficientnet"``, now the default). Every net is
-trained by the recipe of ``benchmarks/proxy_pareto.py`` (prunet.pipeline's training step: 150
+trained by the recipe ``benchmarks/proxy_pareto.py`` used until Pareto v2 (prunet.pipeline's training step: 150
 steps, batch 64, 20000 Fashion-MNIST training images, top-1 on 5000 test images) once per init
 and seed; the two inits of one (net, seed) run back to back, so a run cut short still leaves
 paired results. Results are rewritten after every training:
@@ -28,7 +28,8 @@ INITS = ("torch", "efficientnet")
 
 
 def proxy_recipe(seed: int) -> PipelineConfig:
-    """The training settings benchmarks/proxy_pareto.py passes to the pipeline."""
+    """The training settings benchmarks/proxy_pareto.py passed to the pipeline up to Pareto v2 (v3
+    trains at batch 32 × 200 steps to fit its 2 h budget)."""
     return PipelineConfig(seed=seed, train_steps=150, train_batch=64, train_limit=20000, eval_limit=5000)
 
 
@@ -78,7 +79,7 @@ def write(summary: dict[str, Any], meta: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "init_effect.json", json.dumps({**meta, "nets": summary}, indent=1) + "\n")
     lines = [
-        f"Top-1 (%) on {meta['recipe']['eval_limit']} Fashion-MNIST test images after the proxy_pareto training "
+        f"Top-1 (%) on {meta['recipe']['eval_limit']} Fashion-MNIST test images after the proxy_pareto (v2) training "
         f"recipe ({meta['recipe']['train_steps']} steps, batch {meta['recipe']['train_batch']}, "
         f"{meta['recipe']['train_limit']} training images); mean ± sample SD over the seeds that finished "
         f"(asked: {meta['seeds']}). *before*: PyTorch's default init; *after*: timm's EfficientNet init. "
