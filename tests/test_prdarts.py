@@ -15,8 +15,9 @@ import torch
 from prunet.arch import ArchError, ArchSpec, ConvSpec, HeadSpec, dumps, from_dict
 from prunet.arch.cell import CellEdge as E
 from prunet.arch.cell import CellSpec, latency_parts
-from test_search_fixtures import (PY, mid_target, needs_fashion, run,  # noqa: F401
+from test_search_fixtures import (PY, mid_target, needs_fashion, run, strategy_target,  # noqa: F401
                                   tiny_lut, tiny_space)
+from test_search_fixtures import prdarts_strategy as _strategy
 
 CELL = CellSpec(16, 24, ((E(0, "ir_k3", 16), E(0, "fir_k3", 8)),
                          (E(1, "skip"), E(0, "ir_k5", 24)),
@@ -163,22 +164,6 @@ def test_a_cell_of_only_pools_is_priced_like_it_runs(tiny_space, tiny_lut):
 # ----------------------------------------------------------------------------- the strategy
 
 
-def _strategy(space_path, lut_path, target: float, **cfg):
-    from prunet.latency.lut import load_table
-    from prunet.search.config import LoopConfig
-    from prunet.search.space import load_space
-    from prunet.search.strategies.prdarts import PRDartsConfig, PRDartsStrategy
-    from prunet.search.strategy import StrategyContext
-
-    table = lut_path if hasattr(lut_path, "entries") else load_table(lut_path)  # a path or a table
-    ctx = StrategyContext(space=load_space(space_path), table=table, target_ms=target, seed=0,
-                          loop=LoopConfig(), device=torch.device("cpu"))
-    s = PRDartsStrategy(ctx, PRDartsConfig(**cfg))
-    torch.manual_seed(0)
-    s.build()
-    return s
-
-
 def _priced_by_size(table):
     """The table with every entry replaced by its part's parameter + activation size (kB): a
     deterministic price that orders blocks by width, for claims about which keys a net maps to."""
@@ -283,11 +268,7 @@ def test_tiny_search_from_the_cli_builds_under_the_target(tiny_space, tiny_lut, 
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    # a fifth of the way from PR-DARTS's own floor to its unconstrained net: mid_target, measured
-    # from the space's floor, can sit below it
-    s = _strategy(tiny_space, tiny_lut, 1e9)
-    floor = s.floor_ms()
-    target = floor + 0.2 * (s.ctx.table.predict(s.derive().spec) - floor)
+    target = strategy_target("prdarts", tiny_lut, tiny_space)
     r = run([PY, "-m", "prunet.cli", "search", "run", "--strategy", "prdarts", "--space", str(tiny_space),
              "--data", "fashion-mnist", "--target-ms", f"{target:.6f}", "--lut", str(tiny_lut), "--out", str(out),
              "--quiet", "--steps", "6", "--warmup-steps", "2", "--batch-size", "16", "--train-limit", "300",

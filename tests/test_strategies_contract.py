@@ -19,7 +19,7 @@ import time
 import pytest
 
 from hub_standin import StandIn
-from test_search_fixtures import (PY, env, mid_target, needs_fashion, run,  # noqa: F401
+from test_search_fixtures import (PY, env, needs_fashion, run, strategy_target,  # noqa: F401
                                   tiny_lut, tiny_space)
 
 pytestmark = [needs_fashion, pytest.mark.slow]
@@ -76,7 +76,7 @@ def test_runs_resumes_and_ships_like_any_net(strategy, tiny_space, tiny_lut, tmp
     from prunet.export import to_onnx
     from prunet.zoo.hub import save_hub_repo
 
-    target = mid_target(tiny_lut, tiny_space)
+    target = strategy_target(strategy, tiny_lut, tiny_space)
     ref = tmp_path / "ref"
     r = run(_cmd(strategy, tiny_space, tiny_lut, ref, target), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -119,7 +119,7 @@ def test_runs_resumes_and_ships_like_any_net(strategy, tiny_space, tiny_lut, tmp
 @pytest.mark.parametrize("strategy", _other_strategies())
 def test_two_ranks_agree(strategy, tiny_space, tiny_lut, tmp_path):
     out = tmp_path / "ddp"
-    target = mid_target(tiny_lut, tiny_space)
+    target = strategy_target(strategy, tiny_lut, tiny_space)
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "prunet.search",
            *_cmd(strategy, tiny_space, tiny_lut, out, target)[4:], "--checkpoint-every", "8"]
     r = run(cmd, timeout=600)
