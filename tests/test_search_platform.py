@@ -119,7 +119,18 @@ def test_random_strategy_trains_a_net_within_the_band(tiny_space, tiny_lut, tmp_
     from prunet.latency.lut import load_table
     from safetensors.torch import load_file
 
-    target = mid_target(tiny_lut, tiny_space) * 1.5
+    from prunet.search.space import load_space
+
+    # The target is a uniform-width net's own prediction (near 1.5 × mid_target), so the band
+    # [0.97 × target, target] holds a net of the space whatever this machine's table timed: a
+    # plain multiple of mid_target once fell in a gap between the tiny space's few nets.
+    sp, table = load_space(tiny_space), load_table(tiny_lut)
+    widths = [s.hidden_widths(s.candidates[0], sp.width_step) for s in sp.layers()]
+    uniform = [table.predict(sp.arch_from_choices([(s.candidates[0], w[min(i, len(w) - 1)])
+                                                   for s, w in zip(sp.layers(), widths)], f"uniform{i}"))
+               for i in range(max(map(len, widths)))]
+    want = mid_target(tiny_lut, tiny_space) * 1.5
+    target = min(uniform, key=lambda ms: abs(ms - want))
     out = tmp_path / "rand"
     args = [*TINY_ARGS, "--steps", "6", "--warmup-steps", "2"]  # later options win
     r = run([PY, "-m", "prunet.cli", "search", "run", "--strategy", "random", "--space", str(tiny_space),
