@@ -59,7 +59,8 @@ def net_row(table: Any, arch: Any) -> dict[str, Any]:
 
 def candidate_scores(table: Any, space: Any, val: list[Any], measured: list[float]) -> dict[str, Any]:
     """Every candidate model refitted on the calibration nets (never on ``val``), scored on ``val``."""
-    calib = calibration_nets(space, table.calibration["nets"], table.calibration.get("seed", 0))
+    calib = calibration_nets(space, table.calibration["nets"], table.calibration.get("seed", 0),
+                             table.calibration.get("sampler", "uniform"))
     cal_meas = table.calibration["measured_ms"]
     sums = [table.plain_sum(a) for a in calib]
     tot = [table.feature_totals(a) for a in calib]

@@ -148,3 +148,44 @@ def test_a_table_timed_with_fewer_runs_is_cached_apart_and_rebuilt_when_it_does_
     assert load_table(wrong).provenance["iters"] == 20
     with pytest.raises(ValueError, match="lut_runs: expected an integer >= 10"):
         default_lut_path(sp, "torch", 1, runs=5)
+
+
+def test_calibration_nets_spread_from_the_small_end_of_the_space_to_the_large_end():
+    """Uniformly drawn nets sit in the middle of the space's latency range, and an affine fit on
+    them extrapolates to the ends (the shallow nets of a low-target search were predicted 12-16 %
+    fast); the spread sampler walks from mostly-skipped narrow nets to full-depth wide ones."""
+    import random
+
+    from prunet.latency.lut import calibration_nets, net_id, sample_arch
+
+    sp = load_space("proxy-small")
+    nets = calibration_nets(sp, 12, seed=0)
+    assert [net_id(a) for a in nets] == [net_id(a) for a in calibration_nets(sp, 12, seed=0)]  # reproducible
+
+    def hidden(arch):
+        return sum(b.hidden_chs for b in arch.blocks if getattr(b, "hidden_chs", None))
+
+    first, last = nets[:3], nets[-3:]
+    assert max(len(a.blocks) for a in first) < min(len(a.blocks) for a in last)
+    assert max(hidden(a) for a in first) < min(hidden(a) for a in last)
+    rng = random.Random(0)  # "uniform" is the draw tables recorded before the sampler existed
+    old = [sample_arch(sp, rng, f"calib{i}") for i in range(12)]
+    assert [net_id(a) for a in calibration_nets(sp, 12, 0, "uniform")] == [net_id(a) for a in old]
+    with pytest.raises(LutError, match="calibration sampler: expected 'spread' or 'uniform', got 'grid'"):
+        calibration_nets(sp, 12, 0, "grid")
+
+
+def test_a_cached_table_calibrated_on_uniform_nets_is_measured_again(tmp_path, monkeypatch, capsys):
+    from prunet.search.tables import default_lut_path, ensure_table
+
+    monkeypatch.setenv("PRUNET_CACHE", str(tmp_path))
+    sp = from_dict(MICRO_SPACE)
+    path = ensure_table(sp, "torch", 1, quiet=True, runs=12)
+    assert load_table(path).calibration["sampler"] == "spread"
+    doc = json.loads(path.read_text())
+    del doc["calibration"]["sampler"]  # as written before the sampler was recorded
+    path.write_text(json.dumps(doc))
+    assert load_table(path).calibration.get("sampler") is None
+    assert ensure_table(sp, "torch", 1, runs=12) == path == default_lut_path(sp, "torch", 1, runs=12)
+    assert "calibrated on 'uniform' nets, not 'spread'" in capsys.readouterr().err
+    assert load_table(path).calibration["sampler"] == "spread"

@@ -149,3 +149,12 @@ def test_validate_table_refuses_a_foreign_table_before_measuring(tmp_path):
 
     with pytest.raises(LutError, match="--allow-foreign-lut"):
         validate_table(t, Space(), NoMeasuring(backend="onnxruntime"), samples=2)
+
+
+def test_calibration_sampler_must_be_a_known_one(tmp_path):
+    p = write(tmp_path)
+    doc = json.loads(p.read_text())
+    doc["calibration"]["sampler"] = "grid"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(LutError, match=r"calibration\.sampler: expected 'spread' or 'uniform', got 'grid'"):
+        load_table(p)

@@ -328,6 +328,8 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
         reference=obj.get("reference") or {}, provenance=obj.get("provenance") or {}, path=str(p),
     )
     _check_calibration(p, table.a, table.c)
+    if cal.get("sampler", "uniform") not in ("spread", "uniform"):
+        raise LutError(f"{p}: calibration.sampler: expected 'spread' or 'uniform', got {cal['sampler']!r}")
     if obj["format"] == FORMAT:
         _read_model(p, obj, table)
     elif "features" in obj or "weights" in cal:
@@ -512,15 +514,23 @@ def space_parts(space: Any) -> dict[str, tuple[Any, int, tuple[int, int]]]:
     return parts
 
 
-def sample_arch(space: Any, rng: random.Random, name: str = "sample", skip_prob: float = 0.25) -> ArchSpec:
-    """A random architecture of the space: candidate, width and skip drawn uniformly per layer."""
+def sample_arch(space: Any, rng: random.Random, name: str = "sample", skip_prob: float = 0.25,
+                size: float | None = None) -> ArchSpec:
+    """A random architecture of the space: candidate, width and skip drawn uniformly per layer.
+
+    ``size`` in [0, 1] draws each width from the three nearest that share of the way up the
+    candidate's widths instead (0: narrowest, 1: widest)."""
     choices = []
     for slot in space.layers():
         if slot.skippable and rng.random() < skip_prob:
             choices.append(None)
             continue
         cand = rng.choice(slot.candidates)
-        choices.append((cand, rng.choice(slot.hidden_widths(cand, space.width_step))))
+        widths = slot.hidden_widths(cand, space.width_step)
+        if size is not None:
+            mid = round(size * (len(widths) - 1))
+            widths = widths[max(0, mid - 1):mid + 2]
+        choices.append((cand, rng.choice(widths)))
     return space.arch_from_choices(choices, name)
 
 
@@ -549,10 +559,27 @@ def fit_calibration(sums: list[float], measured: list[float], floor_sum: float |
     return float(y.sum() / max(x.sum(), 1e-12)), 0.0
 
 
-def calibration_nets(space: Any, count: int, seed: int = 0) -> list[ArchSpec]:
-    """The nets a table of ``space`` is calibrated on (reproducible from ``seed``)."""
+CALIBRATION_SAMPLER = "spread"
+"""How :func:`calibration_nets` draws (stored in each table's calibration): ``"uniform"`` tables,
+recorded before the key existed, were fitted on nets drawn like :func:`sample_arch`'s defaults."""
+
+
+def calibration_nets(space: Any, count: int, seed: int = 0, sampler: str = CALIBRATION_SAMPLER) -> list[ArchSpec]:
+    """The nets a table of ``space`` is calibrated on (reproducible from ``seed``).
+
+    ``"spread"`` walks net ``i`` from the space's small end to its large end: the skip
+    probability falls from 0.75 to 0 and widths rise from the narrowest to the widest. Nets drawn
+    uniformly (``"uniform"``) all land in the middle of the space's latency range, and an affine
+    fit on them extrapolates to its ends: a proxy-small table fitted on nets of 1.4–6.1 ms had a
+    negative intercept and predicted the shallow nets a 1.05 ms search returned 12–16 % fast
+    (benchmarks/results/proxy_pareto_v3.json)."""
     rng = random.Random(seed)
-    return [sample_arch(space, rng, f"calib{i}") for i in range(count)]
+    if sampler == "uniform":
+        return [sample_arch(space, rng, f"calib{i}") for i in range(count)]
+    if sampler != "spread":
+        raise LutError(f"calibration sampler: expected 'spread' or 'uniform', got {sampler!r}")
+    sizes = [i / max(count - 1, 1) for i in range(count)]
+    return [sample_arch(space, rng, f"calib{i}", skip_prob=0.75 * (1 - u), size=u) for i, u in enumerate(sizes)]
 
 
 def validation_nets(space: Any, count: int, seed: int = 1, exclude: Iterable[str] = ()) -> list[ArchSpec]:
@@ -617,6 +644,7 @@ def build_table(space: Any, measurer: Measurer, calib_nets: int = 24, seed: int 
     meas = [measurer.whole(arch) for arch in tqdm(nets, desc="calibration nets", disable=not progress, unit="net")]
     calibrate(table, space, nets, meas)
     table.calibration["seed"] = seed
+    table.calibration["sampler"] = CALIBRATION_SAMPLER
     ref = reference_arch(space)
     table.reference = {"name": ref.name, "ms": measurer.whole(ref)}
     table.provenance = {**measurer.provenance(), "build_seconds": round(time.time() - t0, 1),
@@ -727,7 +755,7 @@ def calibration_ids(table: LatencyTable, space: Any) -> set[str]:
         return set(table.calib_net_ids)
     n, seed = table.calibration.get("nets"), table.calibration.get("seed")
     if isinstance(n, int) and isinstance(seed, int) and not isinstance(n, bool):
-        return {net_id(a) for a in calibration_nets(space, n, seed)}
+        return {net_id(a) for a in calibration_nets(space, n, seed, table.calibration.get("sampler", "uniform"))}
     return set()
 
 

@@ -45,7 +45,7 @@ def ensure_table(space: SearchSpace, backend: str = "onnxruntime", threads: int 
                  runs: int | None = None) -> Path:
     """The cached latency table of ``space`` on this machine, measured now if there is none yet
     (``runs``: timed runs per entry, None for the default; recorded as the table's ``iters``)."""
-    from prunet.latency.lut import LutError, build_table, load_table
+    from prunet.latency.lut import CALIBRATION_SAMPLER, LutError, build_table, load_table
 
     measurer = table_measurer(backend, threads, runs)
     path = default_lut_path(space, backend, threads, runs)
@@ -56,6 +56,9 @@ def ensure_table(space: SearchSpace, backend: str = "onnxruntime", threads: int 
             stale = table.machine_differences()  # the cache may come from another machine
             if table.provenance.get("iters") != measurer.iters:
                 stale.append(f"timed with {table.provenance.get('iters')} runs per entry, not {measurer.iters}")
+            sampler = table.calibration.get("sampler", "uniform")
+            if sampler != CALIBRATION_SAMPLER:  # uniform nets left the ends of the space to extrapolation
+                stale.append(f"calibrated on {sampler!r} nets, not {CALIBRATION_SAMPLER!r}")
         except LutError as e:
             stale = [str(e)]
         if not stale:
