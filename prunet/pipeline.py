@@ -413,6 +413,8 @@ def run(cfg: PipelineConfig, out: str | Path, quiet: bool = False, train: bool =
                            "search_wall_s": summary.get("wall_s"), "search_peak_rss_mb": summary.get("peak_rss_mb"),
                            "search_activation_mb": summary.get("activation_mb"),
                            "inherited_top1": _percent(summary.get("val_accuracy_inherited")),
+                           "inherited_top1_running_bn": _percent(summary.get("val_accuracy_inherited_running_bn")),
+                           "inherited_bn_images": summary.get("bn_recalibration_images", 0),
                            **(depth_fields(summary, len(space.layers())) if job.strategy == "prunet" else {})}
     if not train:
         return {"targets_ms": targets, "nets": {k: _relative_net(n, out) for k, n in nets.items()}}
@@ -460,6 +462,15 @@ def _baseline_name(name: str) -> str:
     file's name when it came from elsewhere (no machine's absolute path)."""
     p = Path(name)
     return p.name if p.suffix == ".json" and p.is_absolute() else name
+
+
+def _bn_line(results: dict[str, Any]) -> str:
+    """Whether the inherited accuracies were scored after BatchNorm re-estimation (from 2026-12-04)."""
+    used = {n.get("inherited_bn_images") for n in results["nets"].values() if n.get("inherited_top1") is not None}
+    used.discard(None)
+    if used and used != {0}:
+        return f" (BatchNorm statistics re-estimated on {'/'.join(str(u) for u in sorted(used))} training images first)"
+    return ""
 
 
 def _percent(acc: float | None) -> float | None:
@@ -556,7 +567,8 @@ def results_markdown(results: dict[str, Any]) -> str:
              f"rounds of one run per net (each run follows another net). Top-1 on Fashion-MNIST test images "
              f"after the same training recipe ({cfg['train_steps']} steps of batch {cfg['train_batch']}; mean ± sample SD over "
              f"training seeds {cfg['train_seeds'] or [cfg['seed']]}); *inherited*: the derived net with the "
-             f"search's own weights, on held-out training images, before that training; "
+             f"search's own weights, on held-out training images, before that training"
+             f"{_bn_line(results)}; "
              f"{prov['device']}, {prov['date']}; this invocation took {results['wall_s'] / 60:.0f} min (runs "
              f"reused from an earlier one not counted; {_compute_line(results)}).", "",
              "| " + " | ".join(ROW_COLUMNS) + " |", "|---|---|" + "---:|" * (len(ROW_COLUMNS) - 2)]

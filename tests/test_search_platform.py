@@ -5,6 +5,7 @@ every collective gets tensors on the process's device, and CUDA's RNG is part of
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -130,7 +131,9 @@ def test_random_strategy_trains_a_net_within_the_band(tiny_space, tiny_lut, tmp_
                                                    for s, w in zip(sp.layers(), widths)], f"uniform{i}"))
                for i in range(max(map(len, widths)))]
     want = mid_target(tiny_lut, tiny_space) * 1.5
-    target = min(uniform, key=lambda ms: abs(ms - want))
+    # rounded up to the 6 decimals the command line gets: rounded down, the net itself fell out of
+    # the band (a failure in about half of the freshly timed tables)
+    target = math.ceil(min(uniform, key=lambda ms: abs(ms - want)) * 1e6) / 1e6
     out = tmp_path / "rand"
     args = [*TINY_ARGS, "--steps", "6", "--warmup-steps", "2"]  # later options win
     r = run([PY, "-m", "prunet.cli", "search", "run", "--strategy", "random", "--space", str(tiny_space),

@@ -28,6 +28,7 @@ def test_run_writes_a_buildable_arch_under_target(finished, tiny_lut):
     assert s["within_target"] and s["predicted_ms"] <= d["target_ms"] and s["steps"] == 40
     assert s["measured"]["ms"] > 0 and s["measured"]["backend"] == "torch"
     assert s["peak_rss_mb"] > 0 and s["wall_s"] > 0 and 0 <= s["val_accuracy_inherited"] <= 1
+    assert 0 <= s["val_accuracy_inherited_running_bn"] <= 1 and s["bn_recalibration_images"] > 0
     act = s["activation_mb"]  # every tier acts in this run, so a step at the end saves less than the first
     assert act["first"] > act["last"] > 0 and act["first"] >= act["mean"]
     assert (out / "trajectories.png").stat().st_size > 1000
@@ -154,3 +155,34 @@ def test_an_existing_folder_needs_overwrite_and_keeps_foreign_files(tiny_space, 
                        "--overwrite"))
     assert r.returncode == 0, r.stderr
     assert (out / "notes.txt").read_text() == "mine" and (out / "arch.json").exists()
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_first_training_images():
+    """The derived net is scored with BatchNorm statistics of its own path, not the supernet's
+    average over every sampled path: each running mean becomes the mean of its input over the
+    images (equal batches: the cumulative average is exact), the momentum is restored."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from prunet.search.config import LoopConfig
+    from prunet.search.loop import SearchLoop
+
+    torch.manual_seed(0)
+    images = torch.randn(40, 1, 6, 6) * 3 + 2
+    conv = torch.nn.Conv2d(1, 4, 3)
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4, momentum=0.3))
+    bn = model[1]
+    bn.running_mean.fill_(9.0)
+    data = SimpleNamespace(batch=lambda idx: (images[list(idx)], torch.zeros(len(idx), dtype=torch.long)))
+    loop = SimpleNamespace(loop_cfg=LoopConfig(batch_size=8, bn_recalibration_images=32), train_indices=list(range(40)),
+                           data=data, device=torch.device("cpu"), _memory_format=torch.contiguous_format,
+                           _images=lambda x: x)
+    assert SearchLoop._recalibrate_bn(loop, model) == 32
+    with torch.no_grad():
+        expected = conv(images[:32]).mean(dim=(0, 2, 3))
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert bn.momentum == 0.3 and not model.training
+    loop.loop_cfg = LoopConfig(bn_recalibration_images=0)
+    bn.running_mean.fill_(9.0)
+    assert SearchLoop._recalibrate_bn(loop, model) == 0 and bool((bn.running_mean == 9.0).all())

@@ -63,6 +63,9 @@ class LoopConfig:
     eval_images: int = 2000          # val images to score the derived network on (0 = skip)
     channels_last: bool = True       # weights and batches in channels_last (faster here on CPU; False: the
                                      # memory format of searches recorded before 2026-12-04)
+    bn_recalibration_images: int = 512  # training images that re-estimate the derived net's BatchNorm
+                                     # statistics before its inherited accuracy is scored (0 = keep the
+                                     # supernet's running statistics, as searches before 2026-12-04 did)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -77,6 +80,8 @@ class LoopConfig:
             raise SearchError(f"checkpoint_every: expected a positive integer, got {self.checkpoint_every}")
         if self.weight_lr <= 0:
             raise SearchError(f"weight_lr: expected a positive number, got {self.weight_lr}")
+        if self.bn_recalibration_images < 0:
+            raise SearchError(f"bn_recalibration_images: expected 0 or more images, got {self.bn_recalibration_images}")
 
 
 LOOP_FIELDS = frozenset(f.name for f in fields(LoopConfig))
