@@ -16,7 +16,7 @@ _HELP = {
     "ema_decay": "EMA of weights (0 = off)", "teacher": "zoo/timm name or arch JSON to distil from",
     "teacher_checkpoint": "weights for the teacher", "train_limit": "use only N training images",
     "eval_limit": "evaluate on N images", "input_size": "C H W (default: the architecture's own)",
-    "threads": "torch CPU threads",
+    "threads": "torch CPU threads", "device": "cpu | cuda (default: this process's GPU when there is one, else the CPU)",
 }
 
 

@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # only takes effect on CUDA
     threads: int | None = None
+    device: str | None = None  # None: this process's GPU when there is one, else the CPU
 
     def to_json(self) -> dict[str, Any]:
         """What ``train_config.json`` holds (compared as JSON, so tuples become lists first)."""
@@ -99,10 +100,15 @@ class TrainResult:
 # ----------------------------------------------------------------------------- pieces
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """This process's GPU when there is one (else the CPU), joining torchrun's process group; the
-    same helper as the search's (:mod:`prunet._runtime`)."""
-    device = _runtime.init_distributed(None)
+def init_distributed(requested: str | None = None) -> tuple[int, int, torch.device]:
+    """``requested`` (``cpu``, ``cuda``), else this process's GPU when there is one (else the CPU),
+    joining torchrun's process group; the same helper as the search's (:mod:`prunet._runtime`).
+    A choice is needed on GPU hosts too: two CPU processes on a one-GPU machine otherwise ask for
+    ``cuda:1`` (seen on an H200 host)."""
+    try:
+        device = _runtime.init_distributed(requested)
+    except _runtime.DeviceError as e:
+        raise TrainError(str(e)) from None
     rank, world = _runtime.world()
     return rank, world, device
 
@@ -217,7 +223,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False, qu
     the old run's checkpoint, and nothing else in the folder is touched."""
     cfg.check()
     run = Path(run_dir)
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -112,6 +112,8 @@ def test_train_errors_are_one_line_on_stderr_and_leave_no_folder(capsys, tiny, t
                                    "--out", str(out), "--steps", "1"])
     assert "nope" in line
     assert not out.exists()  # a failed start leaves nothing behind (item 12)
+    line = one_line_error(capsys, ["train", str(tiny[0]), "--device", "tpu", "--out", str(out), "--steps", "1"])
+    assert "--device: expected cpu, cuda or cuda:N, got 'tpu'" in line and not out.exists()
     line = one_line_error(capsys, ["train", "--resume", str(tmp_path)])
     assert "not a training run folder" in line
     (tmp_path / "train_config.json").write_text("{not json")

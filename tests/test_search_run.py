@@ -34,6 +34,8 @@ def test_run_writes_a_buildable_arch_under_target(finished, tiny_lut):
     assert (out / "trajectories.png").stat().st_size > 1000
     lines = (out / "log.jsonl").read_text().splitlines()
     assert len(lines) == 40 and all("expected_ms" in json.loads(ln) for ln in lines)
+    lrs = [json.loads(ln)["lr"] for ln in lines]  # the cosine schedule, also at steps that rebuilt the optimiser
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < lrs[0], lrs
 
 
 def test_the_supernet_runs_in_channels_last_and_older_run_folders_read_as_contiguous(finished, tmp_path):

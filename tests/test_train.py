@@ -102,7 +102,7 @@ def test_two_process_ddp_on_cpu(tiny_arch, tmp_path):
     out = tmp_path / "ddp"
     r = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "prunet.cli", "train",
                         tiny_arch, "--steps", "10", "--batch-size", "16", "--train-limit", "512", "--eval-limit", "200",
-                        "--threads", "1", "--out", str(out), "--quiet"],
+                        "--threads", "1", "--device", "cpu", "--out", str(out), "--quiet"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

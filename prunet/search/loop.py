@@ -404,6 +404,7 @@ class SearchLoop:
                 step = self.step
                 events = self._structure_step(strategy.on_step_start, step)
                 loss_w = self._weight_step(step)
+                lr = self.w_opt.param_groups[0]["lr"]  # a structure change below rebuilds the optimiser
                 metrics: dict[str, float] = {}
                 if step >= c.warmup_steps:
                     if has_arch_step:
@@ -414,7 +415,7 @@ class SearchLoop:
                 self.events.extend(events)
                 self._sync_buffers()
                 self.step = step + 1
-                self._log({"step": step, "lr": self.w_opt.param_groups[0]["lr"], "loss_train": loss_w,
+                self._log({"step": step, "lr": lr, "loss_train": loss_w,
                            **strategy.record(step), **metrics,
                            "events": events,
                            "saved_mb": round(self._saved_mb, 2)})
