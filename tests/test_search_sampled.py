@@ -194,3 +194,32 @@ def test_sampled_search_end_to_end_writes_an_arch_under_target(tiny_space, tiny_
     assert run_json["strategy_config"]["mode"] == "sampled"
     arch = json.loads((out / "arch.json").read_text())
     assert arch["latency"][0]["value_ms"] <= target
+
+
+def test_both_modes_derive_the_same_net_with_the_same_weights_from_the_same_probabilities(tiny_space, tiny_lut):
+    """The execution mode changes how a step runs the supernet, not what it means: with equal
+    architecture logits both modes price the supernet alike (the latency penalty's input) and
+    derive the same network with the same inherited weights."""
+    from prunet.arch import to_dict
+
+    sp, table = load_space(tiny_space), load_table(tiny_lut)
+    target = mid_target(tiny_lut, tiny_space)
+    mix, smp = _strategy(sp, table, target), _strategy(sp, table, target, mode="sampled")
+    g = torch.Generator().manual_seed(3)  # decided, unequal probabilities, copied into both
+    for (name_a, a), (name_b, b) in zip(mix.arch_parameters(), smp.arch_parameters(), strict=True):
+        assert name_a == name_b
+        with torch.no_grad():
+            v = torch.randn(a.shape, generator=g) * 3
+            a.copy_(v)
+            b.copy_(v)
+    assert float(mix.net.expected_ms().detach()) == float(smp.net.expected_ms().detach())
+    derived = []
+    for strategy in (mix, smp):
+        torch.manual_seed(1)  # a block the budget forces in (`final_replace`) starts from fresh weights
+        derived.append(strategy.derive())
+    got_mix, got_smp = derived
+    assert to_dict(got_mix.spec) == to_dict(got_smp.spec)
+    assert len(got_mix.spec.blocks) >= 1 and table.predict(got_mix.spec) <= target
+    w_mix, w_smp = got_mix.model.state_dict(), got_smp.model.state_dict()
+    assert w_mix.keys() == w_smp.keys()
+    assert [k for k in w_mix if not torch.equal(w_mix[k], w_smp[k])] == []
