@@ -36,14 +36,6 @@ def test_port_reproduces_recorded_architecture(case, tmp_path):
     diffs = load_table(DATA / case["lut"]).machine_differences()
     if diffs:
         pytest.skip(f"recorded on another CPU/software stack ({'; '.join(diffs)}): float kernels may differ")
-    # The tables' device name ("AMD EPYC") does not tell CPU generations apart; torch's kernel
-    # choice (its CPU capability) does, and a capability where a case was seen not to reproduce
-    # is named in the manifest.
-    import torch
-
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability in case.get("not_reproduced_with", {}):
-        pytest.skip(f"torch CPU capability {capability}: {case['not_reproduced_with'][capability]}")
     space = case["space"] if not case["space"].endswith(".json") else str(DATA / case["space"])
     config = tmp_path / "config.json"
     # recorded before searches ran in channels_last (other float kernels): asked for as they ran
@@ -56,5 +48,17 @@ def test_port_reproduces_recorded_architecture(case, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     want = json.loads((DATA / case["arch"]).read_text())
     got = json.loads((out / "arch.json").read_text())
-    assert _comparable(got) == _comparable(want)
     assert got["provenance"]["details"]["strategy"] == "prunet"
+    # What holds on any CPU: the same run (settings, table) and a result within its target.
+    keys = ("space", "target_ms", "lut_id", "seed", "steps", "data")
+    assert {k: got["provenance"]["details"][k] for k in keys} == {k: want["provenance"]["details"][k] for k in keys}
+    assert got["latency"][0]["value_ms"] <= float(case["target_ms"])
+    # Bit-reproduction needs the recording's float kernels. The tables' device name ("AMD EPYC")
+    # does not tell CPU generations apart; torch's kernel choice (its CPU capability) does, and a
+    # capability where a case was seen not to reproduce is named in the manifest.
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in case.get("not_reproduced_with", {}):
+        pytest.skip(f"exact comparison only: torch CPU capability {capability}: {case['not_reproduced_with'][capability]}")
+    assert _comparable(got) == _comparable(want)
