@@ -94,7 +94,6 @@ def mid_target(lut: Path, space: Path) -> float:
     return lo + 0.2 * (t.predict(widest_arch(sp)) - lo)
 
 
-
 def prdarts_strategy(space_path, lut_path, target: float, **cfg):
     """A built PR-DARTS strategy on a table (a path or a loaded one), for its floor and derivations."""
     import torch
@@ -123,6 +122,7 @@ def strategy_target(strategy: str, lut: Path, space: Path) -> float:
     s = prdarts_strategy(space, lut, 1e9)
     floor = s.floor_ms()
     return floor + 0.2 * (s.ctx.table.predict(s.derive().spec) - floor)
+
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
